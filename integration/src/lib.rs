@@ -1,0 +1,1 @@
+//! Harness for the root-only multi-host tests.

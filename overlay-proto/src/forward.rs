@@ -1,0 +1,529 @@
+//! The forwarding engine: what to do with a frame from a network's TAP, and with a datagram from the underlay.
+//!
+//! ```text
+//!  TAP frame (network n)                         underlay datagram (from VTEP v)
+//!      │                                              │
+//!      ▼                                              ▼
+//!  handle_tap_frame ── dst unicast & in FDB ──► Egress::Unicast(vtep)        handle_underlay
+//!      │                                              │ VXLAN I flag? VNI known? sender allowed?
+//!      └─ broadcast / multicast / unknown ──► Egress::Flood(flood list)       │ inner frame sane? (learn src → v)
+//!                                                     ▼
+//!                                             Ingress { network, inner frame range }
+//! ```
+//!
+//! The engine never copies a frame: the caller reads the frame into a buffer with [`HEADROOM`] bytes free in front
+//! of it, asks for a decision, and then has [`encapsulate`] write the VXLAN header into that headroom. Every drop is
+//! returned as a [`DropReason`] and counted in [`ForwardStats`]; nothing is logged per packet.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::fdb::{Fdb, FdbConfig};
+use crate::wire::{ethernet, vxlan};
+use crate::{flow, MacAddr, Vni};
+
+/// Bytes a caller keeps free in front of a frame so headers can be prepended in place: VXLAN (8) now; the ESP and
+/// inner UDP headers (24) and alignment later.
+pub const HEADROOM: usize = 64;
+
+/// Per-network settings the engine needs.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The network's VNI.
+    pub vni: Vni,
+    /// Whether received frames teach the FDB, and from which senders frames are accepted.
+    pub learning: Learning,
+    /// Static VTEPs: the flood list, and the senders accepted when learning is off.
+    pub peers: Vec<IpAddr>,
+    /// Static FDB entries.
+    pub static_fdb: Vec<(MacAddr, IpAddr)>,
+    /// Head-end replication budget: broadcast, multicast and unknown-unicast frames per second, and burst.
+    pub flood_limit: RateLimit,
+}
+
+/// Data-plane learning of (VNI, inner source MAC) → outer source address (RFC 7348 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Learning {
+    /// Never learn; unicast goes where static entries say, everything else floods.
+    Off,
+    /// Learn from the network's configured VTEPs only, and drop frames from any other sender.
+    #[default]
+    Peers,
+    /// Accept frames from any VTEP and learn from them: the behaviour of kernel VXLAN with `learning`.
+    Any,
+}
+
+/// A token bucket's refill rate and depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Frames per second.
+    pub per_second: u32,
+    /// Frames that may pass at once after an idle period.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { per_second: 20_000, burst: 2_000 }
+    }
+}
+
+/// Settings of the whole engine.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// This host's underlay address; frames are never sent to it.
+    pub local_vtep: IpAddr,
+    /// FDB ageing and limits.
+    pub fdb: FdbConfig,
+    /// Seed of the flow hash (non-secret).
+    pub flow_seed: u64,
+    /// The networks, in the order the caller numbers them.
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// Why a frame or datagram was dropped. Each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Shorter than its headers claim, or an inner frame shorter than an Ethernet header.
+    Malformed,
+    /// A VXLAN header without the I flag (RFC 7348 §5: the VNI is not valid).
+    NoVniFlag,
+    /// A VNI this host does not carry.
+    UnknownVni,
+    /// A sender that is not a VTEP of the network (and the network does not accept any sender).
+    UnknownSender,
+    /// An inner frame whose source MAC is a group address.
+    BadSourceMac,
+    /// Nowhere to send: no FDB entry and an empty flood list.
+    NoDestination,
+    /// The head-end replication budget was spent.
+    FloodLimited,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::NoVniFlag,
+        DropReason::UnknownVni,
+        DropReason::UnknownSender,
+        DropReason::BadSourceMac,
+        DropReason::NoDestination,
+        DropReason::FloodLimited,
+    ];
+
+    /// A stable snake_case name for counters and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoVniFlag => "no_vni_flag",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::BadSourceMac => "bad_source_mac",
+            DropReason::NoDestination => "no_destination",
+            DropReason::FloodLimited => "flood_limited",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of the engine. Plain integers: one engine is owned by one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// Frames read from TAPs that were sent to one VTEP.
+    pub tx_unicast: u64,
+    /// Frames read from TAPs that were replicated to the flood list.
+    pub tx_flooded: u64,
+    /// Datagrams those frames became (one per unicast, one per flood-list member).
+    pub tx_datagrams: u64,
+    /// Inner bytes of the frames sent.
+    pub tx_bytes: u64,
+    /// Frames received from the underlay and passed to a TAP.
+    pub rx_frames: u64,
+    /// Inner bytes of those frames.
+    pub rx_bytes: u64,
+    /// MAC → VTEP entries learned or moved.
+    pub learned: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl ForwardStats {
+    /// The count of one drop reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    /// Every drop reason with its count.
+    pub fn iter_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (*r, self.drops[r.index()]))
+    }
+
+    fn drop(&mut self, reason: DropReason) -> DropReason {
+        self.drops[reason.index()] += 1;
+        reason
+    }
+}
+
+/// Where a frame from a TAP goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Egress<'a> {
+    /// To one VTEP.
+    Unicast {
+        /// The destination VTEP.
+        vtep: IpAddr,
+        /// The inner flow hash: source-port entropy and worker steering.
+        flow: u32,
+    },
+    /// A copy to each VTEP of the flood list.
+    Flood {
+        /// The destinations.
+        vteps: &'a [IpAddr],
+        /// The inner flow hash.
+        flow: u32,
+    },
+    /// Nowhere; counted.
+    Drop(DropReason),
+}
+
+/// A received datagram that carries a frame for a local network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    /// Index of the network, in [`ForwarderConfig::networks`] order.
+    pub network: usize,
+    /// The inner Ethernet frame, as a range of the datagram.
+    pub frame: Range<usize>,
+}
+
+#[derive(Debug)]
+struct Network {
+    vni: Vni,
+    learning: Learning,
+    /// Sorted: peers and static FDB VTEPs, the senders accepted without learning.
+    senders: Vec<IpAddr>,
+    flood_bucket: TokenBucket,
+}
+
+/// The forwarding engine of one worker.
+#[derive(Debug)]
+pub struct Forwarder {
+    local_vtep: IpAddr,
+    flow_seed: u64,
+    networks: Vec<Network>,
+    by_vni: HashMap<Vni, usize>,
+    fdb: Fdb,
+    stats: ForwardStats,
+}
+
+impl Forwarder {
+    /// Builds the engine; `now` starts the rate limiters.
+    pub fn new(config: ForwarderConfig, now: Instant) -> Self {
+        let mut fdb = Fdb::new(config.fdb);
+        let mut by_vni = HashMap::new();
+        let mut networks = Vec::with_capacity(config.networks.len());
+        for (index, net) in config.networks.into_iter().enumerate() {
+            let flood: Vec<IpAddr> = net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect();
+            let mut senders = flood.clone();
+            for (mac, vtep) in &net.static_fdb {
+                fdb.insert_static(net.vni, *mac, *vtep);
+                senders.push(*vtep);
+            }
+            senders.sort_unstable();
+            senders.dedup();
+            fdb.set_flood_list(net.vni, flood);
+            by_vni.insert(net.vni, index);
+            networks.push(Network {
+                vni: net.vni,
+                learning: net.learning,
+                senders,
+                flood_bucket: TokenBucket::new(net.flood_limit, now),
+            });
+        }
+        Self {
+            local_vtep: config.local_vtep,
+            flow_seed: config.flow_seed,
+            networks,
+            by_vni,
+            fdb,
+            stats: ForwardStats::default(),
+        }
+    }
+
+    /// Decides where a frame read from network `network`'s TAP goes.
+    ///
+    /// # Panics
+    /// If `network` is not an index of the configured networks.
+    pub fn handle_tap_frame(&mut self, now: Instant, network: usize, frame: &[u8]) -> Egress<'_> {
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+            return Egress::Drop(self.stats.drop(DropReason::Malformed));
+        };
+        let net = &mut self.networks[network];
+        let flow = flow::hash(self.flow_seed, frame);
+        let dst = eth.dst_addr();
+        if dst.is_unicast() {
+            if let Some(vtep) = self.fdb.lookup(now, net.vni, dst) {
+                if vtep != self.local_vtep {
+                    self.stats.tx_unicast += 1;
+                    self.stats.tx_datagrams += 1;
+                    self.stats.tx_bytes += frame.len() as u64;
+                    return Egress::Unicast { vtep, flow };
+                }
+            }
+        }
+        let vteps = self.fdb.flood_list(net.vni);
+        if vteps.is_empty() {
+            return Egress::Drop(self.stats.drop(DropReason::NoDestination));
+        }
+        if !net.flood_bucket.take(now) {
+            return Egress::Drop(self.stats.drop(DropReason::FloodLimited));
+        }
+        self.stats.tx_flooded += 1;
+        self.stats.tx_datagrams += vteps.len() as u64;
+        self.stats.tx_bytes += frame.len() as u64;
+        Egress::Flood { vteps, flow }
+    }
+
+    /// Validates a VXLAN datagram (the UDP payload) received from `from`, learns from it when the network learns,
+    /// and says which network's TAP gets the inner frame.
+    pub fn handle_underlay(&mut self, now: Instant, from: IpAddr, datagram: &[u8]) -> Result<Ingress, DropReason> {
+        let packet = vxlan::Packet::new_checked(datagram).map_err(|_| self.stats.drop(DropReason::Malformed))?;
+        let repr = vxlan::Repr::parse(&packet).map_err(|_| self.stats.drop(DropReason::NoVniFlag))?;
+        let Some(&network) = self.by_vni.get(&repr.vni) else {
+            return Err(self.stats.drop(DropReason::UnknownVni));
+        };
+        let net = &self.networks[network];
+        if net.learning != Learning::Any && net.senders.binary_search(&from).is_err() {
+            return Err(self.stats.drop(DropReason::UnknownSender));
+        }
+        let frame = vxlan::HEADER_LEN..datagram.len();
+        let Ok(eth) = ethernet::Frame::new_checked(&datagram[frame.clone()]) else {
+            return Err(self.stats.drop(DropReason::Malformed));
+        };
+        let src = eth.src_addr();
+        if src.is_multicast() {
+            return Err(self.stats.drop(DropReason::BadSourceMac));
+        }
+        if net.learning != Learning::Off {
+            use crate::fdb::Learned;
+            if matches!(self.fdb.learn(now, net.vni, src, from), Learned::New | Learned::Moved) {
+                self.stats.learned += 1;
+            }
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        Ok(Ingress { network, frame })
+    }
+
+    /// Periodic housekeeping: expires learned FDB entries. Call about once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.fdb.expire(now);
+    }
+
+    /// The VNI of network `network`.
+    pub fn vni(&self, network: usize) -> Vni {
+        self.networks[network].vni
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ForwardStats {
+        &self.stats
+    }
+
+    /// The forwarding table.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+}
+
+/// Writes the VXLAN header for `vni` into the [`vxlan::HEADER_LEN`] bytes in front of the frame at
+/// `buf[frame.start..frame.end]`, and returns the range of the resulting UDP payload.
+///
+/// # Panics
+/// If `frame.start < vxlan::HEADER_LEN` (the caller did not leave headroom).
+pub fn encapsulate(vni: Vni, buf: &mut [u8], frame: Range<usize>) -> Range<usize> {
+    let start = frame.start - vxlan::HEADER_LEN;
+    let mut packet = vxlan::Packet::new_unchecked(&mut buf[start..frame.start]);
+    vxlan::Repr { vni }.emit(&mut packet);
+    start..frame.end
+}
+
+/// A token bucket on the caller's clock.
+#[derive(Debug)]
+struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        Self { limit, tokens: f64::from(limit.burst), last: now }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).min(Duration::from_secs(60));
+        self.last = now.max(self.last);
+        let burst = f64::from(self.limit.burst.max(1));
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * f64::from(self.limit.per_second)).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: [u8; 4] = [198, 18, 0, 1];
+    const H2: [u8; 4] = [198, 18, 0, 2];
+    const H3: [u8; 4] = [198, 18, 0, 3];
+    const MAC_A: MacAddr = MacAddr([2, 0x19, 0, 0, 1, 1]);
+    const MAC_B: MacAddr = MacAddr([2, 0x19, 0, 0, 2, 1]);
+
+    fn ip(a: [u8; 4]) -> IpAddr {
+        IpAddr::from(a)
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst.0);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+        f.extend_from_slice(b"payload");
+        f
+    }
+
+    fn net(vni: u32, learning: Learning) -> NetworkConfig {
+        NetworkConfig {
+            vni: Vni::new(vni).unwrap(),
+            learning,
+            peers: vec![ip(H2), ip(H3), ip(H1)],
+            static_fdb: vec![(MAC_B, ip(H2))],
+            flood_limit: RateLimit { per_second: 10, burst: 2 },
+        }
+    }
+
+    fn forwarder(now: Instant, learning: Learning) -> Forwarder {
+        Forwarder::new(
+            ForwarderConfig {
+                local_vtep: ip(H1),
+                fdb: FdbConfig::default(),
+                flow_seed: 1,
+                networks: vec![net(100, learning), net(200, Learning::Off)],
+            },
+            now,
+        )
+    }
+
+    fn vxlan_datagram(vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(inner);
+        let range = encapsulate(Vni::new(vni).unwrap(), &mut buf, HEADROOM..HEADROOM + inner.len());
+        buf[range].to_vec()
+    }
+
+    #[test]
+    fn known_unicast_goes_to_its_vtep_and_the_rest_floods_without_self() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        assert!(
+            matches!(fw.handle_tap_frame(now, 0, &frame(MAC_B, MAC_A)), Egress::Unicast { vtep, .. } if vtep == ip(H2))
+        );
+        match fw.handle_tap_frame(now, 0, &frame(MacAddr::BROADCAST, MAC_A)) {
+            Egress::Flood { vteps, .. } => assert_eq!(vteps, &[ip(H2), ip(H3)]),
+            other => panic!("expected flood, got {other:?}"),
+        }
+        assert_eq!(fw.stats().tx_unicast, 1);
+        assert_eq!(fw.stats().tx_datagrams, 3);
+    }
+
+    #[test]
+    fn flooding_is_rate_limited() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let unknown = frame(MacAddr([2, 9, 9, 9, 9, 9]), MAC_A);
+        assert!(matches!(fw.handle_tap_frame(now, 0, &unknown), Egress::Flood { .. }));
+        assert!(matches!(fw.handle_tap_frame(now, 0, &unknown), Egress::Flood { .. }));
+        assert_eq!(fw.handle_tap_frame(now, 0, &unknown), Egress::Drop(DropReason::FloodLimited));
+        let later = now + Duration::from_millis(100); // 10/s refills one token in 100 ms
+        assert!(matches!(fw.handle_tap_frame(later, 0, &unknown), Egress::Flood { .. }));
+        assert_eq!(fw.stats().drops(DropReason::FloodLimited), 1);
+    }
+
+    #[test]
+    fn receive_validates_and_counts_each_reason() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let inner = frame(MAC_A, MAC_B);
+        let ok = vxlan_datagram(200, &inner);
+        assert_eq!(fw.handle_underlay(now, ip(H2), &ok), Ok(Ingress { network: 1, frame: 8..8 + inner.len() }));
+
+        assert_eq!(fw.handle_underlay(now, ip(H2), &ok[..7]), Err(DropReason::Malformed));
+        let mut no_flag = ok.clone();
+        no_flag[0] = 0;
+        assert_eq!(fw.handle_underlay(now, ip(H2), &no_flag), Err(DropReason::NoVniFlag));
+        assert_eq!(fw.handle_underlay(now, ip(H2), &vxlan_datagram(300, &inner)), Err(DropReason::UnknownVni));
+        let stranger = ip([198, 18, 0, 99]);
+        assert_eq!(fw.handle_underlay(now, stranger, &ok), Err(DropReason::UnknownSender));
+        assert_eq!(fw.handle_underlay(now, ip(H2), &ok[..8 + 13]), Err(DropReason::Malformed));
+        let group_src = vxlan_datagram(200, &frame(MAC_A, MacAddr::BROADCAST));
+        assert_eq!(fw.handle_underlay(now, ip(H2), &group_src), Err(DropReason::BadSourceMac));
+
+        let s = fw.stats();
+        assert_eq!(s.rx_frames, 1);
+        for reason in DropReason::ALL {
+            let expected = match reason {
+                DropReason::Malformed => 2,
+                DropReason::NoDestination | DropReason::FloodLimited => 0,
+                _ => 1,
+            };
+            assert_eq!(s.drops(reason), expected, "{}", reason.as_str());
+        }
+    }
+
+    #[test]
+    fn learning_from_peers_only_by_default() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Peers);
+        let mac_c = MacAddr([2, 0x19, 0, 0, 3, 1]);
+        assert!(fw.handle_underlay(now, ip(H3), &vxlan_datagram(100, &frame(MAC_A, mac_c))).is_ok());
+        assert!(
+            matches!(fw.handle_tap_frame(now, 0, &frame(mac_c, MAC_A)), Egress::Unicast { vtep, .. } if vtep == ip(H3))
+        );
+        let stranger = ip([198, 18, 0, 99]);
+        let from_stranger = vxlan_datagram(100, &frame(MAC_A, MacAddr([2, 0x19, 0, 0, 99, 1])));
+        assert_eq!(fw.handle_underlay(now, stranger, &from_stranger), Err(DropReason::UnknownSender));
+        assert_eq!(fw.stats().learned, 1);
+    }
+
+    #[test]
+    fn learning_any_accepts_any_sender_and_learns_its_macs() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Any);
+        let stranger = ip([198, 18, 0, 99]);
+        let mac_c = MacAddr([2, 0x19, 0, 0, 99, 1]);
+        assert!(fw.handle_underlay(now, stranger, &vxlan_datagram(100, &frame(MAC_A, mac_c))).is_ok());
+        assert_eq!(fw.stats().learned, 1);
+        assert!(
+            matches!(fw.handle_tap_frame(now, 0, &frame(mac_c, MAC_A)), Egress::Unicast { vtep, .. } if vtep == stranger)
+        );
+        // Network 1 does not learn: the same MAC is unknown there and floods.
+        assert!(matches!(fw.handle_tap_frame(now, 1, &frame(mac_c, MAC_A)), Egress::Flood { .. }));
+    }
+
+    #[test]
+    fn encapsulate_writes_rfc7348_header_in_front() {
+        let inner = frame(MAC_A, MAC_B);
+        let datagram = vxlan_datagram(0x12_3456, &inner);
+        assert_eq!(&datagram[..8], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
+        assert_eq!(&datagram[8..], &inner[..]);
+    }
+}

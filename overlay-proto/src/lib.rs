@@ -1,0 +1,26 @@
+//! weft's protocol core, sans-IO.
+//!
+//! This crate decides what happens to every frame and datagram, but never touches a socket, a file, a thread or the
+//! clock: the caller passes bytes and `now` in, and gets decisions out.
+//!
+//! ```text
+//!   TAP frame ──► Forwarder::handle_tap_frame ──► Egress { unicast VTEP | flood list | drop(reason) }
+//!                        │ (FDB lookup, flow hash)        └─► caller writes the VXLAN header in place and sends
+//!   UDP datagram ─► Forwarder::handle_underlay ──► Ingress { network, inner frame range } | drop(reason)
+//!                        └─ validates VXLAN, VNI and sender; learns MAC → VTEP when enabled
+//! ```
+//!
+//! - [`wire`]: zero-copy views over untrusted bytes (Ethernet, ARP, IPv4, IPv6, UDP, VXLAN), smoltcp style.
+//! - [`fdb`]: the forwarding table, (VNI, MAC) → VTEP, with static entries, learning, ageing and flood lists.
+//! - [`forward`]: the per-host forwarding engine the daemon's data path drives.
+//!
+//! Not here: IO of any kind (see the `weft` binary's `io` module), encryption (the `weft-crypto` crate).
+#![forbid(unsafe_code)]
+
+pub mod fdb;
+pub mod flow;
+pub mod forward;
+pub mod types;
+pub mod wire;
+
+pub use types::{MacAddr, Vni, VniError};

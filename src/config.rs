@@ -1,0 +1,369 @@
+//! The TOML configuration: plain structs, parsed strictly (unknown keys are errors that name the key) and then
+//! checked by [`Config::validate`] before anything on the host is touched. docs/config.md is the reference.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use overlay_proto::{MacAddr, Vni};
+use serde::Deserialize;
+
+/// Bytes VXLAN adds in front of an inner frame's IP packet: the inner Ethernet header (14), VXLAN (8) and UDP (8).
+/// The outer IP header comes on top, 20 or 40 bytes.
+pub const VXLAN_OVERHEAD_NO_IP: u32 = 14 + 8 + 8;
+
+/// Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type; toml's message names the key and the line.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description.
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// The dotted key, with the array index, e.g. `network[1].vni`.
+        key: String,
+        /// What is wrong and what would be right.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This host.
+    pub node: NodeConfig,
+    /// The overlay networks this host carries.
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The host's name.
+    pub name: String,
+    /// The underlay address VXLAN is sent from and received on; must be configured on this host.
+    pub underlay: IpAddr,
+    /// UDP port of plaintext VXLAN.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// Unix socket of the JSON API.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Idle time after which learned FDB entries expire.
+    #[serde(default = "default_ageing_secs")]
+    pub ageing_secs: u64,
+}
+
+/// One `[[network]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Short name; names the default bridge.
+    pub name: String,
+    /// The VXLAN Network Identifier.
+    pub vni: u32,
+    /// The overlay's IPv4 (or IPv6) subnet.
+    pub subnet: IpNet,
+    /// The bridge the TAP joins; `weft-<name>` by default.
+    pub bridge: Option<String>,
+    /// The overlay MTU; by default the underlay MTU less the encapsulation overhead.
+    pub mtu: Option<u32>,
+    /// Data-plane learning: `peers` (default), `any` or `off`.
+    #[serde(default)]
+    pub learning: LearningMode,
+    /// Static VTEPs of this network.
+    #[serde(default)]
+    pub peers: Vec<IpAddr>,
+    /// Static FDB entries.
+    #[serde(default)]
+    pub fdb: Vec<StaticFdbEntry>,
+}
+
+/// `network.learning`: which received frames teach the FDB MAC → VTEP, and who may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LearningMode {
+    /// No learning: static entries or flooding.
+    Off,
+    /// Learn from configured peers; frames from other VTEPs are dropped.
+    #[default]
+    Peers,
+    /// Accept and learn from any VTEP, as kernel VXLAN does with `learning`.
+    Any,
+}
+
+impl From<LearningMode> for overlay_proto::forward::Learning {
+    fn from(mode: LearningMode) -> Self {
+        match mode {
+            LearningMode::Off => Self::Off,
+            LearningMode::Peers => Self::Peers,
+            LearningMode::Any => Self::Any,
+        }
+    }
+}
+
+/// One `[[network.fdb]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFdbEntry {
+    /// The inner MAC, `02:00:00:00:00:01` form.
+    pub mac: String,
+    /// The VTEP it lives behind.
+    pub vtep: IpAddr,
+}
+
+fn default_vxlan_port() -> u16 {
+    overlay_proto::wire::vxlan::DEFAULT_PORT
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/weft/weft.sock")
+}
+
+fn default_ageing_secs() -> u64 {
+    300
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let node = &self.node;
+        if node.name.is_empty() || node.name.len() > 63 {
+            return Err(invalid("node.name", "must be 1 to 63 characters"));
+        }
+        if node.underlay.is_unspecified() || node.underlay.is_multicast() || node.underlay.is_loopback() {
+            return Err(invalid("node.underlay", format!("{} is not a unicast host address", node.underlay)));
+        }
+        if node.ageing_secs == 0 {
+            return Err(invalid("node.ageing_secs", "must be at least 1"));
+        }
+        if node.vxlan_port == 0 {
+            return Err(invalid("node.vxlan_port", "must be 1..=65535"));
+        }
+        let (mut vnis, mut names, mut bridges) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for (i, net) in self.networks.iter().enumerate() {
+            let key = |field: &str| format!("network[{i}].{field}");
+            let name_ok = (1..=10).contains(&net.name.len())
+                && net.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !name_ok {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} must be 1 to 10 characters of a-z, 0-9 and -", net.name),
+                ));
+            }
+            if !names.insert(&net.name) {
+                return Err(invalid(key("name"), format!("network name {:?} is used twice", net.name)));
+            }
+            let vni = Vni::new(net.vni).map_err(|e| invalid(key("vni"), e.to_string()))?;
+            if !vnis.insert(vni) {
+                return Err(invalid(key("vni"), format!("VNI {vni} is used by two networks")));
+            }
+            let bridge = net.bridge_name();
+            if bridge.is_empty() || bridge.len() > IFNAME_MAX || bridge.contains(['/', ' ']) {
+                return Err(invalid(
+                    key("bridge"),
+                    format!("{bridge:?} is not a valid interface name (1 to 15 characters, no '/' or space)"),
+                ));
+            }
+            if !bridges.insert(bridge.clone()) {
+                return Err(invalid(key("bridge"), format!("bridge {bridge:?} is used by two networks")));
+            }
+            if net.subnet.prefix_len() == net.subnet.max_prefix_len() || net.subnet.network() != net.subnet.addr() {
+                return Err(invalid(
+                    key("subnet"),
+                    format!(
+                        "{} must be a network address with room for hosts, like {}",
+                        net.subnet,
+                        net.subnet.trunc()
+                    ),
+                ));
+            }
+            if let Some(mtu) = net.mtu {
+                if !(576..=65_000).contains(&mtu) {
+                    return Err(invalid(key("mtu"), format!("{mtu} is outside 576..=65000")));
+                }
+            }
+            for (j, peer) in net.peers.iter().enumerate() {
+                if peer.is_ipv4() != node.underlay.is_ipv4() {
+                    return Err(invalid(
+                        format!("network[{i}].peers[{j}]"),
+                        format!("{peer} is not the same address family as node.underlay {}", node.underlay),
+                    ));
+                }
+            }
+            for (j, entry) in net.fdb.iter().enumerate() {
+                entry
+                    .mac
+                    .parse::<MacAddr>()
+                    .map_err(|e| invalid(format!("network[{i}].fdb[{j}].mac"), format!("{:?}: {e}", entry.mac)))?;
+                if entry.vtep.is_ipv4() != node.underlay.is_ipv4() {
+                    return Err(invalid(
+                        format!("network[{i}].fdb[{j}].vtep"),
+                        "is not the same address family as node.underlay",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetworkConfig {
+    /// The bridge this network's TAP joins.
+    pub fn bridge_name(&self) -> String {
+        self.bridge.clone().unwrap_or_else(|| format!("weft-{}", self.name))
+    }
+
+    /// The TAP device's name: `wft<vni>`.
+    pub fn tap_name(&self) -> String {
+        format!("wft{}", self.vni)
+    }
+
+    /// The VNI (validated by [`Config::validate`]).
+    pub fn vni(&self) -> Vni {
+        Vni::from_u24(self.vni)
+    }
+
+    /// Static FDB entries with their MACs parsed (validated by [`Config::validate`]).
+    pub fn static_fdb(&self) -> Vec<(MacAddr, IpAddr)> {
+        self.fdb.iter().filter_map(|e| Some((e.mac.parse().ok()?, e.vtep))).collect()
+    }
+
+    /// The overlay MTU on an underlay of `underlay_mtu` bytes: configured or derived, never above what fits.
+    pub fn overlay_mtu(&self, underlay: IpAddr, underlay_mtu: u32) -> Result<u32, ConfigError> {
+        let outer_ip = if underlay.is_ipv4() { 20 } else { 40 };
+        let max = underlay_mtu.saturating_sub(outer_ip + VXLAN_OVERHEAD_NO_IP);
+        match self.mtu {
+            Some(mtu) if mtu > max => Err(invalid(
+                format!("network {:?} mtu", self.name),
+                format!(
+                    "{mtu} does not fit: underlay MTU {underlay_mtu} - {} bytes of VXLAN overhead = {max}",
+                    outer_ip + VXLAN_OVERHEAD_NO_IP
+                ),
+            )),
+            Some(mtu) => Ok(mtu),
+            None => Ok(max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "h1"
+underlay = "198.18.0.1"
+
+[[network]]
+name = "blue"
+vni = 100
+subnet = "198.19.1.0/24"
+peers = ["198.18.0.2", "198.18.0.3"]
+
+[[network.fdb]]
+mac = "02:00:00:00:00:01"
+vtep = "198.18.0.2"
+
+[[network]]
+name = "red"
+vni = 200
+subnet = "198.19.2.0/24"
+bridge = "br-red"
+mtu = 1400
+learning = "any"
+"#;
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text).expect_err("config must be rejected").to_string()
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.vxlan_port, 4789);
+        assert_eq!(c.networks.len(), 2);
+        assert_eq!(c.networks[0].bridge_name(), "weft-blue");
+        assert_eq!(c.networks[0].tap_name(), "wft100");
+        assert_eq!(c.node.ageing_secs, 300);
+        assert_eq!(c.networks[0].static_fdb().len(), 1);
+        assert_eq!(c.networks[1].bridge_name(), "br-red");
+        let v4 = "198.18.0.1".parse().unwrap();
+        assert_eq!(c.networks[0].overlay_mtu(v4, 1500).unwrap(), 1450);
+        assert_eq!(c.networks[0].overlay_mtu("2001:db8::1".parse().unwrap(), 1500).unwrap(), 1430);
+        assert_eq!(c.networks[1].overlay_mtu(v4, 1500).unwrap(), 1400);
+        let too_big = c.networks[1].overlay_mtu(v4, 1420).unwrap_err().to_string();
+        assert!(too_big.contains("mtu") && too_big.contains("1370"), "{too_big}");
+    }
+
+    #[test]
+    fn each_class_of_error_names_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("vni = 100", "vni = 16777216", "network[0].vni"),
+            ("vni = 200", "vni = 100", "network[1].vni"),
+            ("subnet = \"198.19.1.0/24\"", "subnet = \"198.19.1.0/33\"", "subnet"),
+            ("subnet = \"198.19.1.0/24\"", "subnet = \"198.19.1.7/24\"", "network[0].subnet"),
+            ("name = \"blue\"", "name = \"Blue Net\"", "network[0].name"),
+            ("name = \"red\"", "name = \"blue\"", "network[1].name"),
+            ("bridge = \"br-red\"", "bridge = \"a-very-long-bridge-name\"", "network[1].bridge"),
+            ("mtu = 1400", "mtu = 100", "network[1].mtu"),
+            ("underlay = \"198.18.0.1\"", "underlay = \"0.0.0.0\"", "node.underlay"),
+            ("underlay = \"198.18.0.1\"", "underlay = \"not-an-ip\"", "underlay"),
+            ("peers = [\"198.18.0.2\", \"198.18.0.3\"]", "peers = [\"2001:db8::2\"]", "network[0].peers[0]"),
+            ("mac = \"02:00:00:00:00:01\"", "mac = \"02:00:00:00:00\"", "network[0].fdb[0].mac"),
+            ("learning = \"any\"", "learning = \"any\"\nlearnign = \"off\"", "learnign"),
+            ("learning = \"any\"", "learning = \"sometimes\"", "learning"),
+            ("[node]", "[node]\nvxlan_prot = 4789", "vxlan_prot"),
+            ("mtu = 1400", "mtu = \"big\"", "mtu"),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "fixture lacks {from}");
+            let message = error_of(&GOOD.replacen(from, to, 1));
+            assert!(message.contains(key), "error for {to:?} must name {key:?}: {message}");
+        }
+        assert!(error_of("").contains("node"), "a missing [node] is named");
+    }
+}

@@ -1,0 +1,176 @@
+//! `weft run`: sets the host up, runs the data-path worker, serves the API, and undoes everything on exit.
+//!
+//! ```text
+//!  config ─► host setup (netlink: underlay check, bridges, TAPs, MTU) ─► worker thread (io::datapath)
+//!                                                                         ▲  queries
+//!                           api socket (tokio) ──────────────────────────┘
+//!  SIGINT/SIGTERM ─► stop worker ─► close TAPs (the kernel removes them) ─► delete the bridges weft created
+//! ```
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use overlay_proto::fdb::FdbConfig;
+use overlay_proto::forward::{Forwarder, ForwarderConfig, NetworkConfig as EngineNetwork, RateLimit};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::api;
+use crate::clock;
+use crate::config::Config;
+use crate::io::datapath::{Datapath, Query};
+use crate::io::netlink::{Link, Netlink};
+use crate::io::tap::Tap;
+use crate::io::udp::Underlay;
+
+/// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
+fn bridge_alias(network: &str) -> String {
+    format!("weft:{network}")
+}
+
+/// What this process changed on the host, to be undone on exit.
+#[derive(Debug, Default)]
+struct HostState {
+    owned_bridges: Vec<Link>,
+    taps: Vec<Tap>,
+}
+
+impl HostState {
+    async fn teardown(self, netlink: &Netlink) {
+        drop(self.taps); // closing the last descriptor removes a non-persistent TAP
+        for bridge in self.owned_bridges {
+            match netlink.delete_link(bridge.index).await {
+                Ok(()) => info!(bridge = %bridge.name, "removed bridge"),
+                Err(e) => warn!(bridge = %bridge.name, error = %e, "could not remove bridge"),
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let netlink = Netlink::connect().context("opening a netlink socket")?;
+    let underlay_link = netlink.link_with_address(config.node.underlay).await?.with_context(|| {
+        format!(
+            "node.underlay {} is not an address of this host: add it to an interface or fix the config",
+            config.node.underlay
+        )
+    })?;
+    info!(node = %config.node.name, underlay = %config.node.underlay, link = %underlay_link.name, mtu = underlay_link.mtu, "starting");
+
+    let mut host = HostState::default();
+    let setup = setup_networks(&config, &netlink, underlay_link.mtu, &mut host).await;
+    let underlay =
+        setup.and_then(|()| Underlay::open(config.node.underlay, config.node.vxlan_port).map_err(anyhow::Error::from));
+    let underlay = match underlay {
+        Ok(u) => u,
+        Err(e) => {
+            host.teardown(&netlink).await;
+            return Err(e);
+        }
+    };
+
+    let forwarder = Forwarder::new(engine_config(&config), clock::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (queries_tx, queries_rx) = crossbeam_channel::bounded::<Query>(16);
+    let datapath = Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), queries_rx);
+    let worker = std::thread::Builder::new().name("weft-datapath".into()).spawn(move || datapath.run())?;
+
+    let api = api::serve(&config, queries_tx);
+    let outcome = match api {
+        Ok(api_task) => {
+            info!(networks = config.networks.len(), "ready");
+            let outcome = wait_for_exit(&worker).await;
+            api_task.abort();
+            let _ = std::fs::remove_file(&config.node.api_socket);
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+
+    stop.store(true, Ordering::Relaxed);
+    let joined = tokio::task::spawn_blocking(move || worker.join()).await?;
+    match joined {
+        Ok(Ok(taps)) => host.taps = taps,
+        Ok(Err(e)) => warn!(error = %e, "data path stopped with an error"),
+        Err(_) => warn!("data path panicked"),
+    }
+    host.teardown(&netlink).await;
+    info!("stopped");
+    outcome
+}
+
+async fn wait_for_exit(worker: &std::thread::JoinHandle<std::io::Result<Vec<Tap>>>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+            _ = check.tick() => if worker.is_finished() { bail!("the data path stopped unexpectedly") },
+        }
+    }
+}
+
+/// Creates or adopts each network's bridge, opens its TAP and attaches it with the overlay MTU.
+async fn setup_networks(
+    config: &Config,
+    netlink: &Netlink,
+    underlay_mtu: u32,
+    host: &mut HostState,
+) -> anyhow::Result<()> {
+    for net in &config.networks {
+        let mtu = net.overlay_mtu(config.node.underlay, underlay_mtu)?;
+        let bridge_name = net.bridge_name();
+        let alias = bridge_alias(&net.name);
+        let bridge = match netlink.link_by_name(&bridge_name).await? {
+            Some(link) => {
+                if link.alias.as_deref() == Some(alias.as_str()) {
+                    info!(bridge = %bridge_name, "adopting a bridge a previous weft created");
+                    host.owned_bridges.push(link.clone());
+                }
+                link
+            }
+            None => {
+                let link = netlink.create_bridge(&bridge_name, &alias).await?;
+                info!(bridge = %bridge_name, "created bridge");
+                host.owned_bridges.push(link.clone());
+                link
+            }
+        };
+        let tap = Tap::open(&net.tap_name())?;
+        let tap_link = netlink
+            .link_by_name(tap.name())
+            .await?
+            .with_context(|| format!("TAP {} vanished right after it was created", tap.name()))?;
+        host.taps.push(tap);
+        netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
+        info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, "network up");
+    }
+    Ok(())
+}
+
+fn engine_config(config: &Config) -> ForwarderConfig {
+    let underlay: IpAddr = config.node.underlay;
+    ForwarderConfig {
+        local_vtep: underlay,
+        fdb: FdbConfig { ageing: Duration::from_secs(config.node.ageing_secs), ..FdbConfig::default() },
+        flow_seed: u64::from_le_bytes(*b"weftflow")
+            ^ config.node.name.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b)),
+        networks: config
+            .networks
+            .iter()
+            .map(|n| EngineNetwork {
+                vni: n.vni(),
+                learning: n.learning.into(),
+                peers: n.peers.clone(),
+                static_fdb: n.static_fdb(),
+                flood_limit: RateLimit::default(),
+            })
+            .collect(),
+    }
+}

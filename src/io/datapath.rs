@@ -1,0 +1,194 @@
+//! The data-path worker: one thread that moves frames between the TAPs and the underlay sockets.
+//!
+//! The loop is thin on purpose. It polls the TAPs and the receive socket, reads what is ready in bounded batches,
+//! asks the sans-IO [`Forwarder`] what to do with each frame, writes the VXLAN header in place into the buffer's
+//! headroom, and sends. Nothing is allocated per packet: one buffer is reused for every frame. Queries from the API
+//! arrive on a channel and are answered between batches, so counters are never shared across threads.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use overlay_proto::fdb::Origin;
+use overlay_proto::forward::{encapsulate, Egress, ForwardStats, Forwarder, HEADROOM};
+use overlay_proto::{MacAddr, Vni};
+
+use super::tap::Tap;
+use super::udp::Underlay;
+use crate::clock;
+
+/// Largest frame or datagram read: a TAP without offloads gives at most MTU + 18, the underlay at most 64 KiB.
+const BUFFER: usize = 65_536;
+/// Frames handled per ready descriptor before looking at the others, so no direction starves the other.
+const BATCH: usize = 64;
+/// Longest sleep in poll: bounds how late a stop request or a query is seen.
+const POLL_MS: i32 = 100;
+
+/// A request from another thread, answered between batches.
+#[derive(Debug)]
+pub enum Query {
+    /// Counters and the FDB.
+    Snapshot(crossbeam_channel::Sender<Snapshot>),
+}
+
+/// The worker's state as the API shows it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Forwarding counters.
+    pub forward: ForwardStats,
+    /// Failed TAP reads or writes.
+    pub tap_errors: u64,
+    /// Failed underlay sends or receives.
+    pub underlay_errors: u64,
+    /// Every live FDB entry.
+    pub fdb: Vec<FdbRow>,
+}
+
+/// One FDB entry.
+#[derive(Debug, Clone)]
+pub struct FdbRow {
+    /// The network's VNI.
+    pub vni: Vni,
+    /// The inner MAC.
+    pub mac: MacAddr,
+    /// Where it lives.
+    pub vtep: IpAddr,
+    /// `static`, or `learned` with its idle time.
+    pub origin: Origin,
+}
+
+/// A running worker's handles.
+#[derive(Debug)]
+pub struct Datapath {
+    forwarder: Forwarder,
+    taps: Vec<Tap>,
+    underlay: Underlay,
+    stop: Arc<AtomicBool>,
+    queries: crossbeam_channel::Receiver<Query>,
+    tap_errors: u64,
+    underlay_errors: u64,
+}
+
+impl Datapath {
+    /// A worker over `taps` (in the forwarder's network order) and `underlay`.
+    pub fn new(
+        forwarder: Forwarder,
+        taps: Vec<Tap>,
+        underlay: Underlay,
+        stop: Arc<AtomicBool>,
+        queries: crossbeam_channel::Receiver<Query>,
+    ) -> Self {
+        Self { forwarder, taps, underlay, stop, queries, tap_errors: 0, underlay_errors: 0 }
+    }
+
+    /// Runs until `stop` is set. Returns the TAPs so the caller decides when they close.
+    pub fn run(mut self) -> io::Result<Vec<Tap>> {
+        let mut buf = vec![0u8; HEADROOM + BUFFER];
+        let mut fds: Vec<libc::pollfd> = self
+            .taps
+            .iter()
+            .map(|t| t.as_raw_fd())
+            .chain([self.underlay.as_raw_fd()])
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
+        let mut next_tick = clock::now() + Duration::from_secs(1);
+        while !self.stop.load(Ordering::Relaxed) {
+            // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs for the whole call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
+            if ready < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = clock::now();
+            let (tap_fds, underlay_fd) = fds.split_at(self.taps.len());
+            for (network, fd) in tap_fds.iter().enumerate() {
+                if fd.revents != 0 {
+                    self.drain_tap(now, network, &mut buf);
+                }
+            }
+            if underlay_fd[0].revents != 0 {
+                self.drain_underlay(now, &mut buf);
+            }
+            if now >= next_tick {
+                self.forwarder.handle_timeout(now);
+                next_tick = now + Duration::from_secs(1);
+            }
+            while let Ok(query) = self.queries.try_recv() {
+                self.answer(now, query);
+            }
+        }
+        Ok(self.taps)
+    }
+
+    fn drain_tap(&mut self, now: Instant, network: usize, buf: &mut [u8]) {
+        let vni = self.forwarder.vni(network);
+        for _ in 0..BATCH {
+            let len = match self.taps[network].recv(&mut buf[HEADROOM..]) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.tap_errors += 1;
+                    return;
+                }
+            };
+            let frame = HEADROOM..HEADROOM + len;
+            let egress = self.forwarder.handle_tap_frame(now, network, &buf[frame.clone()]);
+            let (vteps, flow) = match &egress {
+                Egress::Unicast { vtep, flow } => (std::slice::from_ref(vtep), *flow),
+                Egress::Flood { vteps, flow } => (*vteps, *flow),
+                Egress::Drop(_) => continue,
+            };
+            let datagram = encapsulate(vni, buf, frame);
+            for vtep in vteps {
+                if self.underlay.send(flow, *vtep, &buf[datagram.clone()]).is_err() {
+                    self.underlay_errors += 1;
+                }
+            }
+        }
+    }
+
+    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8]) {
+        for _ in 0..BATCH {
+            let (len, from) = match self.underlay.recv(buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.underlay_errors += 1;
+                    return;
+                }
+            };
+            let Ok(ingress) = self.forwarder.handle_underlay(now, from.ip(), &buf[..len]) else {
+                continue;
+            };
+            if self.taps[ingress.network].send(&buf[ingress.frame]).is_err() {
+                self.tap_errors += 1;
+            }
+        }
+    }
+
+    fn answer(&self, now: Instant, query: Query) {
+        match query {
+            Query::Snapshot(reply) => {
+                let fdb = self
+                    .forwarder
+                    .fdb()
+                    .iter()
+                    .filter(|(vni, mac, _)| self.forwarder.fdb().lookup(now, *vni, *mac).is_some())
+                    .map(|(vni, mac, e)| FdbRow { vni, mac, vtep: e.vtep, origin: e.origin })
+                    .collect();
+                let _ = reply.send(Snapshot {
+                    forward: self.forwarder.stats().clone(),
+                    tap_errors: self.tap_errors,
+                    underlay_errors: self.underlay_errors,
+                    fdb,
+                });
+            }
+        }
+    }
+}

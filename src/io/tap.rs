@@ -1,0 +1,130 @@
+//! A thin TAP device of our own: `/dev/net/tun` with `TUNSETIFF`.
+//!
+//! Why not the `tun-tap` crate: it cannot open a TAP with `IFF_VNET_HDR` (the virtio-net header that carries TSO/GSO
+//! superframes and checksum offload) nor with `IFF_MULTI_QUEUE` (one queue per worker), and weft's performance path
+//! needs both. Why not `tun-rs`: it would work, but weft only needs open + one ioctl + read/write on a raw fd that
+//! the worker polls itself; the ~100 lines here keep the flags under our control with no async runtime attached.
+//!
+//! The device is not persistent: the kernel removes it when the last file descriptor closes, so a crash leaves no
+//! TAP behind.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `_IOW('T', 202, int)` from linux/if_tun.h.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+/// Why a TAP could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// `/dev/net/tun` does not exist.
+    #[error("cannot open /dev/net/tun: the TUN/TAP driver is missing (load it with `modprobe tun`, or in a container pass the device with --device /dev/net/tun)")]
+    NoTunDevice,
+    /// The process may not create network devices.
+    #[error("creating TAP device {name} needs CAP_NET_ADMIN: run weft as root or grant it the capability (setcap cap_net_admin+ep)")]
+    PermissionDenied {
+        /// The TAP's name.
+        name: String,
+    },
+    /// A device of that name exists and is not a free TAP (another weft may be running for this network).
+    #[error(
+        "TAP device {name} is busy: another weft may already serve this network, or an interface of that name exists"
+    )]
+    Busy {
+        /// The TAP's name.
+        name: String,
+    },
+    /// Anything else the kernel said.
+    #[error("creating TAP device {name}: {source}")]
+    Io {
+        /// The TAP's name.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags, padded to the union's size.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TAP device, non-blocking, without packet information headers: reads and writes are whole Ethernet frames.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Creates (or attaches to) the TAP device `name`.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(TapError::Io { name: name.into(), source: io::Error::from(io::ErrorKind::InvalidInput) });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => TapError::NoTunDevice,
+                io::ErrorKind::PermissionDenied => TapError::PermissionDenied { name: name.into() },
+                _ => TapError::Io { name: name.into(), source: e },
+            })?;
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly sized, initialised ifreq that
+        // outlives the call; TUNSETIFF only reads and writes within it.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => TapError::PermissionDenied { name: name.into() },
+                Some(libc::EBUSY) | Some(libc::EINVAL) => TapError::Busy { name: name.into() },
+                _ => TapError::Io { name: name.into(), source: e },
+            });
+        }
+        Ok(Self { file, name: name.into() })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame; `WouldBlock` when none is queued.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes for the duration of the call.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes one frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: `frame` is a valid readable slice of `frame.len()` bytes for the duration of the call.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}

@@ -1,0 +1,18 @@
+//! The `weft` daemon and CLI: everything that touches the host.
+//!
+//! ```text
+//!  main.rs / cli ──► daemon ──► io::netlink   (bridges, TAP attach, MTU, underlay check)
+//!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
+//!                      │   └──► api           (unix socket JSON: status, stats, fdb)
+//!                      └──── config           (TOML, validated before anything is touched)
+//! ```
+//!
+//! Protocol decisions live in the `overlay-proto` crate (sans-IO); this crate only moves bytes and talks to the
+//! kernel.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod io;
