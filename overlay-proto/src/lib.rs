@@ -13,14 +13,21 @@
 //! - [`wire`]: zero-copy views over untrusted bytes (Ethernet, ARP, IPv4, IPv6, UDP, VXLAN), smoltcp style.
 //! - [`fdb`]: the forwarding table, (VNI, MAC) → VTEP, with static entries, learning, ageing and flood lists.
 //! - [`forward`]: the per-host forwarding engine the daemon's data path drives.
+//! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
+//!   many [`gossip::Gossip`] nodes in one process.
 //!
 //! Not here: IO of any kind (see the `weft` binary's `io` module), encryption (the `weft-crypto` crate).
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod fdb;
 pub mod flow;
 pub mod forward;
+pub mod gossip;
+pub mod rng;
+pub mod sim;
 pub mod types;
 pub mod wire;
 
-pub use types::{MacAddr, Vni, VniError};
+pub use types::{MacAddr, NodeId, Vni, VniError};

@@ -116,6 +116,40 @@ impl FromStr for MacAddr {
     }
 }
 
+/// A node's identity: the first 16 bytes of SHA-256 over its certificate's SubjectPublicKeyInfo (DER). Derived by
+/// the daemon from the TLS peer certificate, so a claim about a node can be checked against who sent it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    /// Length in bytes.
+    pub const LEN: usize = 16;
+
+    /// The id as bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight hex digits identify a node in logs; the full id is in Display.
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
