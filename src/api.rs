@@ -106,6 +106,7 @@ fn fdb_json(s: &Snapshot) -> Value {
         .map(|r| {
             let origin = match r.origin {
                 Origin::Static => "static",
+                Origin::Remote => "gossip",
                 Origin::Learned { .. } => "learned",
             };
             json!({ "vni": r.vni.get(), "mac": r.mac.to_string(), "vtep": r.vtep, "origin": origin })

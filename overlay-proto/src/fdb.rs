@@ -1,8 +1,8 @@
 //! The forwarding table: (VNI, MAC) → VTEP, plus a flood list per VNI.
 //!
-//! Entries come from static configuration or from data-plane learning (the outer source address of received
-//! frames, RFC 7348 §4.2). Learned entries age out after a configurable idle time; static entries never do and
-//! learning never overwrites them. The number of learned entries is bounded so a MAC flood from a peer cannot grow
+//! Entries come from static configuration, from the control plane (gossiped endpoint records), or from data-plane
+//! learning (the outer source address of received frames, RFC 7348 §4.2). Precedence is static > control plane >
+//! learned: learning never overwrites the other two, and learned entries alone age out after an idle time. The number of learned entries is bounded so a MAC flood from a peer cannot grow
 //! memory without limit.
 
 use std::collections::HashMap;
@@ -16,6 +16,8 @@ use crate::{MacAddr, Vni};
 pub enum Origin {
     /// Configured; never ages and is never replaced by learning.
     Static,
+    /// From the control plane; lives until the control plane withdraws it.
+    Remote,
     /// Learned from a received frame; refreshed by traffic, expires after the ageing time.
     Learned {
         /// When a frame from this MAC last arrived.
@@ -56,8 +58,8 @@ pub enum Learned {
     Moved,
     /// Known and unchanged; only refreshed.
     Refreshed,
-    /// A static entry covers this MAC; nothing changed.
-    Static,
+    /// A static or control-plane entry covers this MAC; nothing changed.
+    Covered,
     /// The table is full of learned entries.
     Full,
 }
@@ -85,11 +87,31 @@ impl Fdb {
         }
     }
 
+    /// Adds or replaces a control-plane entry (a static one for the same MAC is kept).
+    pub fn insert_remote(&mut self, vni: Vni, mac: MacAddr, vtep: IpAddr) {
+        match self.entries.get(&(vni, mac)).map(|e| e.origin) {
+            Some(Origin::Static) => {}
+            old => {
+                if matches!(old, Some(Origin::Learned { .. })) {
+                    self.learned -= 1;
+                }
+                self.entries.insert((vni, mac), Entry { vtep, origin: Origin::Remote });
+            }
+        }
+    }
+
+    /// Removes a control-plane entry; other kinds stay.
+    pub fn remove_remote(&mut self, vni: Vni, mac: MacAddr) {
+        if self.entries.get(&(vni, mac)).is_some_and(|e| e.origin == Origin::Remote) {
+            self.entries.remove(&(vni, mac));
+        }
+    }
+
     /// Records that `mac` on `vni` was seen behind `vtep` at `now`.
     pub fn learn(&mut self, now: Instant, vni: Vni, mac: MacAddr, vtep: IpAddr) -> Learned {
         let origin = Origin::Learned { last_seen: now };
         match self.entries.get_mut(&(vni, mac)) {
-            Some(Entry { origin: Origin::Static, .. }) => Learned::Static,
+            Some(Entry { origin: Origin::Static | Origin::Remote, .. }) => Learned::Covered,
             Some(entry) => {
                 let moved = entry.vtep != vtep;
                 *entry = Entry { vtep, origin };
@@ -172,7 +194,7 @@ impl Fdb {
 
 fn expired(ageing: Duration, now: Instant, entry: &Entry) -> bool {
     match entry.origin {
-        Origin::Static => false,
+        Origin::Static | Origin::Remote => false,
         Origin::Learned { last_seen } => now.saturating_duration_since(last_seen) >= ageing,
     }
 }
@@ -222,10 +244,27 @@ mod tests {
         let mut fdb = Fdb::new(FdbConfig::default());
         fdb.learn(t0, vni(1), A, vtep(9));
         fdb.insert_static(vni(1), A, vtep(2));
-        assert_eq!(fdb.learn(t0, vni(1), A, vtep(3)), Learned::Static);
+        assert_eq!(fdb.learn(t0, vni(1), A, vtep(3)), Learned::Covered);
         let later = t0 + Duration::from_secs(10_000);
         assert_eq!(fdb.expire(later), 0);
         assert_eq!(fdb.lookup(later, vni(1), A), Some(vtep(2)));
+    }
+
+    #[test]
+    fn control_plane_entries_beat_learning_but_not_static() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(FdbConfig::default());
+        fdb.learn(t0, vni(1), A, vtep(9));
+        fdb.insert_remote(vni(1), A, vtep(2));
+        assert_eq!(fdb.learn(t0, vni(1), A, vtep(9)), Learned::Covered);
+        assert_eq!(fdb.lookup(t0 + Duration::from_secs(10_000), vni(1), A), Some(vtep(2)), "remote entries never age");
+        fdb.insert_static(vni(1), B, vtep(3));
+        fdb.insert_remote(vni(1), B, vtep(4));
+        assert_eq!(fdb.lookup(t0, vni(1), B), Some(vtep(3)));
+        fdb.remove_remote(vni(1), B);
+        assert_eq!(fdb.lookup(t0, vni(1), B), Some(vtep(3)), "withdrawal leaves static entries alone");
+        fdb.remove_remote(vni(1), A);
+        assert_eq!(fdb.lookup(t0, vni(1), A), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! of it, asks for a decision, and then has [`encapsulate`] write the VXLAN header into that headroom. Every drop is
 //! returned as a [`DropReason`] and counted in [`ForwardStats`]; nothing is logged per packet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -169,6 +169,36 @@ impl ForwardStats {
     }
 }
 
+/// A change the control plane makes to the forwarding state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlUpdate {
+    /// A remote endpoint: frames to `mac` go to `vtep`, and neighbour queries for `ips` are answered with `mac`.
+    Endpoint {
+        /// Its network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+        /// Its host's VTEP.
+        vtep: IpAddr,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// A remote endpoint is gone.
+    EndpointGone {
+        /// Its network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+    },
+    /// The VTEPs of the live hosts that carry a network.
+    NetworkMembers {
+        /// The network.
+        vni: Vni,
+        /// The VTEPs.
+        vteps: Vec<IpAddr>,
+    },
+}
+
 /// Where a frame from a TAP goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Egress<'a> {
@@ -203,9 +233,27 @@ pub struct Ingress {
 struct Network {
     vni: Vni,
     learning: Learning,
-    /// Sorted: peers and static FDB VTEPs, the senders accepted without learning.
+    /// Configured peers (never this host).
+    static_peers: Vec<IpAddr>,
+    /// Static FDB VTEPs.
+    static_vteps: Vec<IpAddr>,
+    /// VTEPs of live members that carry this network, from the control plane.
+    members: BTreeSet<IpAddr>,
+    /// Sorted union of the three: the senders accepted without `Learning::Any`.
     senders: Vec<IpAddr>,
     flood_bucket: TokenBucket,
+}
+
+impl Network {
+    fn senders_and_flood(&self) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let mut flood: Vec<IpAddr> = self.static_peers.iter().chain(&self.members).copied().collect();
+        flood.sort_unstable();
+        flood.dedup();
+        let mut senders: Vec<IpAddr> = flood.iter().chain(&self.static_vteps).copied().collect();
+        senders.sort_unstable();
+        senders.dedup();
+        (senders, flood)
+    }
 }
 
 /// The forwarding engine of one worker.
@@ -216,6 +264,10 @@ pub struct Forwarder {
     networks: Vec<Network>,
     by_vni: HashMap<Vni, usize>,
     fdb: Fdb,
+    /// (VNI, IP) → MAC of remote endpoints, for ARP/ND suppression.
+    neighbors: HashMap<(Vni, IpAddr), MacAddr>,
+    /// The addresses each remote endpoint announced, to withdraw them with it.
+    remote_ips: HashMap<(Vni, MacAddr), Vec<IpAddr>>,
     stats: ForwardStats,
 }
 
@@ -226,22 +278,23 @@ impl Forwarder {
         let mut by_vni = HashMap::new();
         let mut networks = Vec::with_capacity(config.networks.len());
         for (index, net) in config.networks.into_iter().enumerate() {
-            let flood: Vec<IpAddr> = net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect();
-            let mut senders = flood.clone();
             for (mac, vtep) in &net.static_fdb {
                 fdb.insert_static(net.vni, *mac, *vtep);
-                senders.push(*vtep);
             }
-            senders.sort_unstable();
-            senders.dedup();
-            fdb.set_flood_list(net.vni, flood);
-            by_vni.insert(net.vni, index);
-            networks.push(Network {
+            let mut network = Network {
                 vni: net.vni,
                 learning: net.learning,
-                senders,
+                static_peers: net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect(),
+                static_vteps: net.static_fdb.iter().map(|(_, vtep)| *vtep).collect(),
+                members: BTreeSet::new(),
+                senders: Vec::new(),
                 flood_bucket: TokenBucket::new(net.flood_limit, now),
-            });
+            };
+            let (senders, flood) = network.senders_and_flood();
+            network.senders = senders;
+            fdb.set_flood_list(net.vni, flood);
+            by_vni.insert(net.vni, index);
+            networks.push(network);
         }
         Self {
             local_vtep: config.local_vtep,
@@ -249,6 +302,8 @@ impl Forwarder {
             networks,
             by_vni,
             fdb,
+            neighbors: HashMap::new(),
+            remote_ips: HashMap::new(),
             stats: ForwardStats::default(),
         }
     }
@@ -321,6 +376,53 @@ impl Forwarder {
     /// Periodic housekeeping: expires learned FDB entries. Call about once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fdb.expire(now);
+    }
+
+    /// Sets the VTEPs of the live hosts that carry `vni` (from the control plane): they join the flood list and are
+    /// accepted as senders. Unknown VNIs are ignored.
+    pub fn set_network_members(&mut self, vni: Vni, vteps: impl IntoIterator<Item = IpAddr>) {
+        let Some(&index) = self.by_vni.get(&vni) else { return };
+        let local = self.local_vtep;
+        let net = &mut self.networks[index];
+        net.members = vteps.into_iter().filter(|v| *v != local).collect();
+        let (senders, flood) = net.senders_and_flood();
+        net.senders = senders;
+        self.fdb.set_flood_list(vni, flood);
+    }
+
+    /// Applies a change from the control plane.
+    pub fn handle_control(&mut self, update: ControlUpdate) {
+        match update {
+            ControlUpdate::Endpoint { vni, mac, vtep, ips } => {
+                if !self.by_vni.contains_key(&vni) || vtep == self.local_vtep {
+                    return;
+                }
+                self.fdb.insert_remote(vni, mac, vtep);
+                self.forget_neighbors(vni, mac);
+                for ip in &ips {
+                    self.neighbors.insert((vni, *ip), mac);
+                }
+                self.remote_ips.insert((vni, mac), ips);
+            }
+            ControlUpdate::EndpointGone { vni, mac } => {
+                self.fdb.remove_remote(vni, mac);
+                self.forget_neighbors(vni, mac);
+            }
+            ControlUpdate::NetworkMembers { vni, vteps } => self.set_network_members(vni, vteps),
+        }
+    }
+
+    fn forget_neighbors(&mut self, vni: Vni, mac: MacAddr) {
+        for ip in self.remote_ips.remove(&(vni, mac)).unwrap_or_default() {
+            if self.neighbors.get(&(vni, ip)) == Some(&mac) {
+                self.neighbors.remove(&(vni, ip));
+            }
+        }
+    }
+
+    /// The MAC the control plane says owns `ip` on `vni`.
+    pub fn neighbor(&self, vni: Vni, ip: IpAddr) -> Option<MacAddr> {
+        self.neighbors.get(&(vni, ip)).copied()
     }
 
     /// The VNI of network `network`.
@@ -428,6 +530,33 @@ mod tests {
         buf.extend_from_slice(inner);
         let range = encapsulate(Vni::new(vni).unwrap(), &mut buf, HEADROOM..HEADROOM + inner.len());
         buf[range].to_vec()
+    }
+
+    #[test]
+    fn control_plane_members_join_the_flood_list_and_senders() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let vni = Vni::new(100).unwrap();
+        let h4 = ip([198, 18, 0, 4]);
+        fw.set_network_members(vni, [h4, ip(H1)]);
+        match fw.handle_tap_frame(now, 0, &frame(MacAddr::BROADCAST, MAC_A)) {
+            Egress::Flood { vteps, .. } => assert_eq!(vteps, &[ip(H2), ip(H3), h4]),
+            other => panic!("expected flood, got {other:?}"),
+        }
+        let from_h4 = vxlan_datagram(100, &frame(MAC_A, MacAddr([2, 0x19, 0, 0, 4, 1])));
+        assert!(fw.handle_underlay(now, h4, &from_h4).is_ok());
+        fw.set_network_members(vni, []);
+        assert_eq!(fw.handle_underlay(now, h4, &from_h4), Err(DropReason::UnknownSender));
+        let mac_d = MacAddr([2, 0x19, 0, 0, 4, 1]);
+        let ip_d = IpAddr::from([198, 19, 0, 41]);
+        fw.handle_control(ControlUpdate::Endpoint { vni, mac: mac_d, vtep: h4, ips: vec![ip_d] });
+        assert!(
+            matches!(fw.handle_tap_frame(now, 0, &frame(mac_d, MAC_A)), Egress::Unicast { vtep, .. } if vtep == h4)
+        );
+        assert_eq!(fw.neighbor(vni, ip_d), Some(mac_d));
+        fw.handle_control(ControlUpdate::EndpointGone { vni, mac: mac_d });
+        assert!(matches!(fw.handle_tap_frame(now, 0, &frame(mac_d, MAC_A)), Egress::Flood { .. }));
+        assert_eq!(fw.neighbor(vni, ip_d), None);
     }
 
     #[test]

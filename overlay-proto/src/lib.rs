@@ -13,6 +13,8 @@
 //! - [`wire`]: zero-copy views over untrusted bytes (Ethernet, ARP, IPv4, IPv6, UDP, VXLAN), smoltcp style.
 //! - [`fdb`]: the forwarding table, (VNI, MAC) → VTEP, with static entries, learning, ageing and flood lists.
 //! - [`forward`]: the per-host forwarding engine the daemon's data path drives.
+//! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
+//!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
@@ -21,6 +23,8 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod directory;
+pub mod endpoint;
 pub mod fdb;
 pub mod flow;
 pub mod forward;
