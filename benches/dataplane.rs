@@ -25,6 +25,7 @@ fn forwarder(now: Instant) -> Forwarder {
             local_vtep: IpAddr::from(LOCAL),
             fdb: FdbConfig::default(),
             flow_seed: 1,
+            local_ageing: std::time::Duration::from_secs(300),
             networks: vec![NetworkConfig {
                 vni: Vni::new(100).unwrap(),
                 learning: Learning::Off,

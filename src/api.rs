@@ -2,6 +2,7 @@
 //! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,12 +13,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
 use crate::config::Config;
-use crate::io::datapath::{Query, Snapshot};
+use crate::control::agent::ControlStatus;
+use crate::io::datapath::{DatapathHandle, Query, Snapshot};
 
 /// Binds the socket and serves it on a background task.
 pub fn serve(
     config: &Config,
-    queries: crossbeam_channel::Sender<Query>,
+    queries: DatapathHandle,
+    control: Option<Arc<Mutex<ControlStatus>>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = &config.node.api_socket;
     if let Some(dir) = path.parent() {
@@ -34,9 +37,9 @@ pub fn serve(
     });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queries, status) = (queries.clone(), status.clone());
+            let (queries, status, control) = (queries.clone(), status.clone(), control.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &queries, &status).await {
+                if let Err(e) = handle(stream, &queries, &status, control.as_deref()).await {
                     debug!(error = %e, "api request failed");
                 }
             });
@@ -55,7 +58,12 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
 }
 
-async fn handle(stream: UnixStream, queries: &crossbeam_channel::Sender<Query>, status: &Value) -> anyhow::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    queries: &DatapathHandle,
+    status: &Value,
+    control: Option<&Mutex<ControlStatus>>,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -64,7 +72,11 @@ async fn handle(stream: UnixStream, queries: &crossbeam_channel::Sender<Query>, 
             Some("status") => status.clone(),
             Some("stats") => snapshot(queries).await.map(|s| stats_json(&s)).unwrap_or_else(error),
             Some("fdb") => snapshot(queries).await.map(|s| fdb_json(&s)).unwrap_or_else(error),
-            Some(other) => error(anyhow::anyhow!("unknown method {other:?}; known: status, stats, fdb")),
+            Some("endpoints") => snapshot(queries).await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
+            Some("peers") => peers_json(control),
+            Some(other) => {
+                error(anyhow::anyhow!("unknown method {other:?}; known: status, stats, fdb, endpoints, peers"))
+            }
             None => error(anyhow::anyhow!("request has no \"method\"")),
         },
         Err(e) => error(anyhow::anyhow!("request is not JSON: {e}")),
@@ -79,9 +91,9 @@ fn error(e: anyhow::Error) -> Value {
     json!({ "error": e.to_string() })
 }
 
-async fn snapshot(queries: &crossbeam_channel::Sender<Query>) -> anyhow::Result<Snapshot> {
+async fn snapshot(queries: &DatapathHandle) -> anyhow::Result<Snapshot> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    queries.try_send(Query::Snapshot(tx)).context("the data path is busy")?;
+    queries.send(Query::Snapshot(tx)).map_err(|_| anyhow::anyhow!("the data path is busy"))?;
     tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
         .await?
         .context("the data path did not answer")
@@ -94,9 +106,38 @@ fn stats_json(s: &Snapshot) -> Value {
     json!({
         "tx_unicast": f.tx_unicast, "tx_flooded": f.tx_flooded, "tx_datagrams": f.tx_datagrams, "tx_bytes": f.tx_bytes,
         "rx_frames": f.rx_frames, "rx_bytes": f.rx_bytes, "learned": f.learned,
+        "suppressed": f.suppressed, "kept_local": f.kept_local,
         "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors,
         "drops": drops,
     })
+}
+
+fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
+    let Some(control) = control else {
+        return json!({ "control": false, "members": [] });
+    };
+    let Ok(c) = control.lock() else { return error(anyhow::anyhow!("control status unavailable")) };
+    let g = &c.gossip;
+    json!({
+        "control": true,
+        "id": c.id,
+        "members": c.members,
+        "table_digest": format!("{:016x}", c.table_digest),
+        "gossip": {
+            "messages_in": g.messages_in, "messages_out": g.messages_out, "bytes_in": g.bytes_in, "bytes_out": g.bytes_out,
+            "malformed": g.malformed, "rejected": g.rejected, "refutations": g.refutations,
+            "snapshots_requested": g.snapshots_requested, "undecodable_records": c.undecodable,
+        },
+    })
+}
+
+fn endpoints_json(s: &Snapshot) -> Value {
+    let local: Vec<Value> = s
+        .local
+        .iter()
+        .map(|(network, mac, ips)| json!({ "network": network, "mac": mac.to_string(), "ips": ips }))
+        .collect();
+    json!({ "local": local })
 }
 
 fn fdb_json(s: &Snapshot) -> Value {

@@ -28,23 +28,11 @@ pub fn request(socket: &Path, method: &str) -> anyhow::Result<Value> {
 
 /// Human-readable rendering of `stats`.
 pub fn print_stats(v: &Value) {
-    for key in [
-        "tx_unicast",
-        "tx_flooded",
-        "tx_datagrams",
-        "tx_bytes",
-        "rx_frames",
-        "rx_bytes",
-        "learned",
-        "tap_errors",
-        "underlay_errors",
-    ] {
-        println!("{key:<16} {}", v[key]);
+    for (key, value) in v.as_object().into_iter().flatten().filter(|(_, v)| v.is_number()) {
+        println!("{key:<20} {value}");
     }
-    if let Some(drops) = v["drops"].as_object() {
-        for (reason, count) in drops {
-            println!("drop.{reason:<11} {count}");
-        }
+    for (reason, count) in v["drops"].as_object().into_iter().flatten() {
+        println!("drop.{reason:<15} {count}");
     }
 }
 
@@ -59,5 +47,33 @@ pub fn print_fdb(v: &Value) {
             row["vtep"].as_str().unwrap_or("?"),
             row["origin"].as_str().unwrap_or("?")
         );
+    }
+}
+
+/// Human-readable rendering of `peers`.
+pub fn print_peers(v: &Value) {
+    if v["control"] != Value::Bool(true) {
+        println!("no control plane configured (static peers only)");
+        return;
+    }
+    println!("node {}  table digest {}", v["id"].as_str().unwrap_or("?"), v["table_digest"].as_str().unwrap_or("?"));
+    println!("{:<16} {:<24} {:<40} ID", "NAME", "ADDRESS", "VTEP");
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:<24} {:<40} {}",
+            m["name"].as_str().unwrap_or("?"),
+            m["addr"].as_str().unwrap_or("?"),
+            m["vtep"].as_str().unwrap_or("?"),
+            m["id"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// Human-readable rendering of `endpoints`.
+pub fn print_endpoints(v: &Value) {
+    println!("{:<8} {:<18} ADDRESSES", "NETWORK", "MAC");
+    for e in v["local"].as_array().into_iter().flatten() {
+        let ips: Vec<&str> = e["ips"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!("{:<8} {:<18} {}", e["network"], e["mac"].as_str().unwrap_or("?"), ips.join(" "));
     }
 }

@@ -7,3 +7,9 @@ use std::time::Instant;
 pub fn now() -> Instant {
     Instant::now()
 }
+
+/// Milliseconds since the Unix epoch: a start incarnation that grows across restarts (gossip supersedes a
+/// restarted node's old records with it). Not for measuring time.
+pub fn wall_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -2,7 +2,7 @@
 //! checked by [`Config::validate`] before anything on the host is touched. docs/config.md is the reference.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -58,6 +58,35 @@ pub struct Config {
     /// The overlay networks this host carries.
     #[serde(default, rename = "network")]
     pub networks: Vec<NetworkConfig>,
+    /// The gossip control plane; without it, only static peers and learning fill the FDB.
+    pub control: Option<ControlConfig>,
+}
+
+/// `[control]`: gossip over QUIC with mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Where QUIC listens; by default the underlay address, port 7946.
+    pub listen: Option<SocketAddr>,
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued by the CA.
+    pub cert: PathBuf,
+    /// This node's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Control addresses of nodes to join through; may include this node's own.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// Default control-plane port.
+pub const CONTROL_PORT: u16 = 7946;
+
+impl ControlConfig {
+    /// The QUIC listen address.
+    pub fn listen_addr(&self, underlay: IpAddr) -> SocketAddr {
+        self.listen.unwrap_or(SocketAddr::new(underlay, CONTROL_PORT))
+    }
 }
 
 /// `[node]`.
@@ -181,6 +210,16 @@ impl Config {
         }
         if node.vxlan_port == 0 {
             return Err(invalid("node.vxlan_port", "must be 1..=65535"));
+        }
+        if let Some(control) = &self.control {
+            for (j, seed) in control.seeds.iter().enumerate() {
+                if seed.port() == 0 || seed.ip().is_unspecified() {
+                    return Err(invalid(format!("control.seeds[{j}]"), format!("{seed} is not a reachable address")));
+                }
+            }
+            if control.listen.is_some_and(|l| l.port() == 0) {
+                return Err(invalid("control.listen", "needs a port"));
+            }
         }
         let (mut vnis, mut names, mut bridges) = (HashSet::new(), HashSet::new(), HashSet::new());
         for (i, net) in self.networks.iter().enumerate() {
@@ -358,6 +397,13 @@ learning = "any"
             ("learning = \"any\"", "learning = \"sometimes\"", "learning"),
             ("[node]", "[node]\nvxlan_prot = 4789", "vxlan_prot"),
             ("mtu = 1400", "mtu = \"big\"", "mtu"),
+            (
+                "[node]",
+                "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\nseeds = [\"198.18.0.1:0\"]\n[node]",
+                "control.seeds[0]",
+            ),
+            ("[node]", "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\n[node]", "key"),
+            ("[node]", "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"k\"\nsedes = []\n[node]", "sedes"),
         ];
         for (from, to, key) in cases {
             assert!(GOOD.contains(from), "fixture lacks {from}");

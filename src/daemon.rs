@@ -21,7 +21,9 @@ use tracing::{info, warn};
 use crate::api;
 use crate::clock;
 use crate::config::Config;
-use crate::io::datapath::{Datapath, Query};
+use crate::control::agent::{Agent, AgentConfig};
+use crate::control::pki::NodeIdentity;
+use crate::io::datapath::Datapath;
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
@@ -75,16 +77,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
-    let (queries_tx, queries_rx) = crossbeam_channel::bounded::<Query>(16);
-    let datapath = Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), queries_rx);
+    let identity = match &config.control {
+        Some(c) => Some(Arc::new(NodeIdentity::load(&c.ca, &c.cert, &c.key)?)),
+        None => None,
+    };
+    let (local_tx, local_rx) = tokio::sync::mpsc::channel(4096);
+    let local_tx = identity.is_some().then_some(local_tx);
+    let (datapath, handle) =
+        Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), local_tx)?;
     let worker = std::thread::Builder::new().name("weft-datapath".into()).spawn(move || datapath.run())?;
 
-    let api = api::serve(&config, queries_tx);
+    let agent = match (&config.control, identity) {
+        (Some(c), Some(identity)) => {
+            let agent_config = AgentConfig {
+                listen: c.listen_addr(config.node.underlay),
+                seeds: c.seeds.clone(),
+                vtep: config.node.underlay,
+                name: config.node.name.clone(),
+                vnis: config.networks.iter().map(|n| n.vni()).collect(),
+            };
+            Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
+        }
+        _ => None,
+    };
+    let api = api::serve(&config, handle, agent.as_ref().map(|a| a.status.clone()));
     let outcome = match api {
         Ok(api_task) => {
             info!(networks = config.networks.len(), "ready");
             let outcome = wait_for_exit(&worker).await;
             api_task.abort();
+            if let Some(agent) = agent {
+                agent.stop().await;
+            }
             let _ = std::fs::remove_file(&config.node.api_socket);
             outcome
         }
@@ -159,6 +183,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
     ForwarderConfig {
         local_vtep: underlay,
         fdb: FdbConfig { ageing: Duration::from_secs(config.node.ageing_secs), ..FdbConfig::default() },
+        local_ageing: Duration::from_secs(config.node.ageing_secs),
         flow_seed: u64::from_le_bytes(*b"weftflow")
             ^ config.node.name.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b)),
         networks: config

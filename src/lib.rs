@@ -14,5 +14,6 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod io;

@@ -33,6 +33,50 @@ enum Command {
     Stats(ClientArgs),
     /// Show the forwarding table.
     Fdb(ClientArgs),
+    /// Show the control plane's members.
+    Peers(ClientArgs),
+    /// Show the endpoints discovered on this host.
+    Endpoints(ClientArgs),
+    /// Create the cluster CA and node certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a cluster CA: DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init {
+        /// Directory for the CA files (created with mode 0700 if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster's name, written into the CA certificate.
+        #[arg(long, default_value = "weft")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = weft::control::pki::DEFAULT_CA_DAYS)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate signed by the CA: OUT/NAME.crt and OUT/NAME.key (mode 0600).
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's name (a DNS name): the certificate's CN and DNS SAN, and the file names.
+        #[arg(long)]
+        node: String,
+        /// Directory for the node's files [default: the CA directory].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days (never beyond the CA's own).
+        #[arg(long, default_value_t = weft::control::pki::DEFAULT_NODE_DAYS)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,7 +126,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stats(args) => client(args, "stats", weft::cli::print_stats),
         Command::Fdb(args) => client(args, "fdb", weft::cli::print_fdb),
+        Command::Peers(args) => client(args, "peers", weft::cli::print_peers),
+        Command::Endpoints(args) => client(args, "endpoints", weft::cli::print_endpoints),
+        Command::Ca(command) => ca(command),
     }
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<()> {
+    use weft::control::pki;
+    match command {
+        CaCommand::Init { dir, name, days, force } => {
+            let files = pki::init_ca(&dir, &pki::CaOptions { name, days, force })?;
+            println!("wrote {} and {} (mode 0600)", files.cert.display(), files.key.display());
+            println!("valid until {}", files.not_after.date());
+            println!("keep ca.key offline if you can; every node needs only ca.crt");
+        }
+        CaCommand::Issue { dir, node, out, days, force } => {
+            let out = out.unwrap_or_else(|| dir.clone());
+            let issued = pki::issue_node(&dir, &node, &out, &pki::IssueOptions { days, force })?;
+            println!("wrote {} and {} (mode 0600)", issued.cert.display(), issued.key.display());
+            println!("node id {}, valid until {}", issued.id, issued.not_after.date());
+        }
+    }
+    Ok(())
 }
 
 fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {

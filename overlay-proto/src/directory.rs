@@ -115,7 +115,11 @@ mod tests {
             name: String::new(),
             labels: vec![],
         };
-        Event::RecordSet { origin: NodeId([origin; 16]), key: RecordKey::Endpoint(vni(), MAC).to_bytes(), value: record.to_bytes() }
+        Event::RecordSet {
+            origin: NodeId([origin; 16]),
+            key: RecordKey::Endpoint(vni(), MAC).to_bytes(),
+            value: record.to_bytes(),
+        }
     }
 
     #[test]
@@ -124,7 +128,12 @@ mod tests {
         let updates = d.handle_event(&set_endpoint(1, [198, 18, 0, 2]));
         assert_eq!(
             updates,
-            vec![ControlUpdate::Endpoint { vni: vni(), mac: MAC, vtep: IpAddr::from([198, 18, 0, 2]), ips: vec![IpAddr::from([198, 19, 0, 21])] }]
+            vec![ControlUpdate::Endpoint {
+                vni: vni(),
+                mac: MAC,
+                vtep: IpAddr::from([198, 18, 0, 2]),
+                ips: vec![IpAddr::from([198, 19, 0, 21])]
+            }]
         );
         // A second claim from a higher id wins; withdrawing it restores the first.
         let updates = d.handle_event(&set_endpoint(9, [198, 18, 0, 3]));
@@ -136,7 +145,11 @@ mod tests {
         assert_eq!(updates, vec![ControlUpdate::EndpointGone { vni: vni(), mac: MAC }]);
 
         let net = NetworkRecord { vni: vni(), vtep: IpAddr::from([198, 18, 0, 4]) };
-        let event = Event::RecordSet { origin: NodeId([4; 16]), key: RecordKey::Network(vni()).to_bytes(), value: net.to_bytes() };
+        let event = Event::RecordSet {
+            origin: NodeId([4; 16]),
+            key: RecordKey::Network(vni()).to_bytes(),
+            value: net.to_bytes(),
+        };
         assert_eq!(d.handle_event(&event), vec![ControlUpdate::NetworkMembers { vni: vni(), vteps: vec![net.vtep] }]);
         let gone = Event::RecordRemoved { origin: NodeId([4; 16]), key: RecordKey::Network(vni()).to_bytes() };
         assert_eq!(d.handle_event(&gone), vec![ControlUpdate::NetworkMembers { vni: vni(), vteps: vec![] }]);

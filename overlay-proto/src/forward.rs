@@ -21,6 +21,8 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::fdb::{Fdb, FdbConfig};
+use crate::local::{LocalEndpoints, LocalEvent};
+use crate::neighbor::{self, NeighborQuery};
 use crate::wire::{ethernet, vxlan};
 use crate::{flow, MacAddr, Vni};
 
@@ -79,6 +81,8 @@ pub struct ForwarderConfig {
     pub fdb: FdbConfig,
     /// Seed of the flow hash (non-secret).
     pub flow_seed: u64,
+    /// Silence after which a local endpoint is withdrawn.
+    pub local_ageing: Duration,
     /// The networks, in the order the caller numbers them.
     pub networks: Vec<NetworkConfig>,
 }
@@ -143,6 +147,10 @@ pub struct ForwardStats {
     pub tx_datagrams: u64,
     /// Inner bytes of the frames sent.
     pub tx_bytes: u64,
+    /// ARP requests and neighbour solicitations answered locally for remote endpoints (suppression).
+    pub suppressed: u64,
+    /// Frames that stayed on this host: neighbour queries for local endpoints.
+    pub kept_local: u64,
     /// Frames received from the underlay and passed to a TAP.
     pub rx_frames: u64,
     /// Inner bytes of those frames.
@@ -218,6 +226,13 @@ pub enum Egress<'a> {
     },
     /// Nowhere; counted.
     Drop(DropReason),
+    /// Answer into the TAP on behalf of the remote endpoint `mac` ([`neighbor::answer`] writes the reply).
+    Answer {
+        /// The MAC that owns the queried address.
+        mac: MacAddr,
+    },
+    /// Nothing to send: the frame is for this host's own endpoints, which the local bridge already reached.
+    Local,
 }
 
 /// A received datagram that carries a frame for a local network.
@@ -268,6 +283,8 @@ pub struct Forwarder {
     neighbors: HashMap<(Vni, IpAddr), MacAddr>,
     /// The addresses each remote endpoint announced, to withdraw them with it.
     remote_ips: HashMap<(Vni, MacAddr), Vec<IpAddr>>,
+    /// Endpoints behind this host's TAPs.
+    local: LocalEndpoints,
     stats: ForwardStats,
 }
 
@@ -304,6 +321,7 @@ impl Forwarder {
             fdb,
             neighbors: HashMap::new(),
             remote_ips: HashMap::new(),
+            local: LocalEndpoints::new(config.local_ageing, 16_384),
             stats: ForwardStats::default(),
         }
     }
@@ -316,7 +334,22 @@ impl Forwarder {
         let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return Egress::Drop(self.stats.drop(DropReason::Malformed));
         };
+        self.local.observe(now, network, frame);
         let net = &mut self.networks[network];
+        if let Some(query) = neighbor::query(frame) {
+            let ip = match query {
+                NeighborQuery::Arp { target } => IpAddr::V4(target),
+                NeighborQuery::Solicit { target } => IpAddr::V6(target),
+            };
+            if let Some(&mac) = self.neighbors.get(&(net.vni, ip)) {
+                self.stats.suppressed += 1;
+                return Egress::Answer { mac };
+            }
+            if self.local.owner(network, ip).is_some() {
+                self.stats.kept_local += 1;
+                return Egress::Local;
+            }
+        }
         let flow = flow::hash(self.flow_seed, frame);
         let dst = eth.dst_addr();
         if dst.is_unicast() {
@@ -373,9 +406,21 @@ impl Forwarder {
         Ok(Ingress { network, frame })
     }
 
-    /// Periodic housekeeping: expires learned FDB entries. Call about once a second.
+    /// Periodic housekeeping: expires learned FDB entries and silent local endpoints. Call about once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.fdb.expire(now);
+        self.local.expire(now);
+    }
+
+    /// The next change in the local endpoints, for the control plane to announce.
+    #[must_use]
+    pub fn poll_local_event(&mut self) -> Option<LocalEvent> {
+        self.local.poll_event()
+    }
+
+    /// The endpoints behind this host's TAPs.
+    pub fn local_endpoints(&self) -> &LocalEndpoints {
+        &self.local
     }
 
     /// Sets the VTEPs of the live hosts that carry `vni` (from the control plane): they join the flood list and are
@@ -519,6 +564,7 @@ mod tests {
                 local_vtep: ip(H1),
                 fdb: FdbConfig::default(),
                 flow_seed: 1,
+                local_ageing: Duration::from_secs(300),
                 networks: vec![net(100, learning), net(200, Learning::Off)],
             },
             now,
@@ -557,6 +603,57 @@ mod tests {
         fw.handle_control(ControlUpdate::EndpointGone { vni, mac: mac_d });
         assert!(matches!(fw.handle_tap_frame(now, 0, &frame(mac_d, MAC_A)), Egress::Flood { .. }));
         assert_eq!(fw.neighbor(vni, ip_d), None);
+    }
+
+    /// An ARP request from `sender` (`sender_ip`) for `target`.
+    fn arp_request(sender: MacAddr, sender_ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+        use crate::wire::arp;
+        let mut f = Vec::new();
+        f.extend_from_slice(&MacAddr::BROADCAST.0);
+        f.extend_from_slice(&sender.0);
+        f.extend_from_slice(&[0x08, 0x06]);
+        f.resize(14 + arp::PACKET_LEN, 0);
+        let repr = arp::Repr {
+            operation: arp::operation::REQUEST,
+            sender_hardware_addr: sender,
+            sender_protocol_addr: sender_ip.into(),
+            target_hardware_addr: MacAddr::default(),
+            target_protocol_addr: target.into(),
+        };
+        repr.emit(&mut arp::Packet::new_unchecked(&mut f[14..]));
+        f
+    }
+
+    #[test]
+    fn neighbour_queries_are_answered_for_remote_endpoints_and_kept_local_for_local_ones() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let vni = Vni::new(100).unwrap();
+        let remote = MacAddr([2, 0x19, 0, 0, 2, 1]);
+        fw.handle_control(ControlUpdate::Endpoint { vni, mac: remote, vtep: ip(H2), ips: vec![ip([198, 19, 0, 21])] });
+        // The request also teaches the forwarder that MAC_A with 198.19.0.11 is local.
+        let query = arp_request(MAC_A, [198, 19, 0, 11], [198, 19, 0, 21]);
+        assert_eq!(fw.handle_tap_frame(now, 0, &query), Egress::Answer { mac: remote });
+        assert_eq!(
+            fw.poll_local_event(),
+            Some(LocalEvent::Seen { network: 0, mac: MAC_A, ips: vec![ip([198, 19, 0, 11])] })
+        );
+        assert_eq!(fw.poll_local_event(), None);
+        let mac_c = MacAddr([2, 0x19, 0, 0, 1, 2]);
+        assert_eq!(fw.handle_tap_frame(now, 0, &arp_request(mac_c, [198, 19, 0, 12], [198, 19, 0, 11])), Egress::Local);
+        // Unknown targets still flood.
+        let unknown = arp_request(MAC_A, [198, 19, 0, 11], [198, 19, 0, 99]);
+        assert!(matches!(fw.handle_tap_frame(now, 0, &unknown), Egress::Flood { .. }));
+        assert_eq!((fw.stats().suppressed, fw.stats().kept_local), (1, 1));
+        // Silence withdraws local endpoints.
+        while fw.poll_local_event().is_some() {}
+        fw.handle_timeout(now + Duration::from_secs(300));
+        let mut gone: Vec<LocalEvent> = std::iter::from_fn(|| fw.poll_local_event()).collect();
+        gone.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            gone,
+            vec![LocalEvent::Gone { network: 0, mac: MAC_A }, LocalEvent::Gone { network: 0, mac: mac_c }]
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! - [`wire`]: zero-copy views over untrusted bytes (Ethernet, ARP, IPv4, IPv6, UDP, VXLAN), smoltcp style.
 //! - [`fdb`]: the forwarding table, (VNI, MAC) → VTEP, with static entries, learning, ageing and flood lists.
-//! - [`forward`]: the per-host forwarding engine the daemon's data path drives.
+//! - [`forward`]: the per-host forwarding engine the daemon's data path drives; [`local`] discovers the endpoints
+//!   behind this host's TAPs.
+//! - [`neighbor`]: answers ARP requests and Neighbor Solicitations ([`wire::icmpv6`]) for suppression.
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
@@ -29,6 +31,8 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod local;
+pub mod neighbor;
 pub mod rng;
 pub mod sim;
 pub mod types;

@@ -2,8 +2,10 @@
 //!
 //! The loop is thin on purpose. It polls the TAPs and the receive socket, reads what is ready in bounded batches,
 //! asks the sans-IO [`Forwarder`] what to do with each frame, writes the VXLAN header in place into the buffer's
-//! headroom, and sends. Nothing is allocated per packet: one buffer is reused for every frame. Queries from the API
-//! arrive on a channel and are answered between batches, so counters are never shared across threads.
+//! headroom, and sends. Nothing is allocated per packet: one buffer is reused for every frame. Control-plane updates
+//! and API queries arrive on a channel (with an eventfd to wake the poll) and are handled between batches, so the
+//! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
+//! other way, to the control plane.
 
 use std::io;
 use std::net::IpAddr;
@@ -13,11 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_proto::fdb::Origin;
-use overlay_proto::forward::{encapsulate, Egress, ForwardStats, Forwarder, HEADROOM};
-use overlay_proto::{MacAddr, Vni};
+use overlay_proto::forward::{encapsulate, ControlUpdate, Egress, ForwardStats, Forwarder, HEADROOM};
+use overlay_proto::local::LocalEvent;
+use overlay_proto::{neighbor, MacAddr, Vni};
 
 use super::tap::Tap;
 use super::udp::Underlay;
+use super::waker::Waker;
 use crate::clock;
 
 /// Largest frame or datagram read: a TAP without offloads gives at most MTU + 18, the underlay at most 64 KiB.
@@ -27,11 +31,29 @@ const BATCH: usize = 64;
 /// Longest sleep in poll: bounds how late a stop request or a query is seen.
 const POLL_MS: i32 = 100;
 
-/// A request from another thread, answered between batches.
+/// A request from another thread, handled between batches.
 #[derive(Debug)]
 pub enum Query {
     /// Counters and the FDB.
     Snapshot(crossbeam_channel::Sender<Snapshot>),
+    /// A change from the control plane.
+    Control(ControlUpdate),
+}
+
+/// The sending side of the worker's queue, with the waker that makes it act at once.
+#[derive(Debug, Clone)]
+pub struct DatapathHandle {
+    queries: crossbeam_channel::Sender<Query>,
+    waker: Arc<Waker>,
+}
+
+impl DatapathHandle {
+    /// Queues `query` and wakes the worker. Fails when the worker is gone or its queue is full.
+    pub fn send(&self, query: Query) -> Result<(), crossbeam_channel::TrySendError<Query>> {
+        self.queries.try_send(query)?;
+        self.waker.wake();
+        Ok(())
+    }
 }
 
 /// The worker's state as the API shows it.
@@ -45,6 +67,8 @@ pub struct Snapshot {
     pub underlay_errors: u64,
     /// Every live FDB entry.
     pub fdb: Vec<FdbRow>,
+    /// Endpoints discovered behind the TAPs: (network index, MAC, addresses).
+    pub local: Vec<(usize, MacAddr, Vec<IpAddr>)>,
 }
 
 /// One FDB entry.
@@ -68,20 +92,28 @@ pub struct Datapath {
     underlay: Underlay,
     stop: Arc<AtomicBool>,
     queries: crossbeam_channel::Receiver<Query>,
+    waker: Arc<Waker>,
+    local_events: Option<tokio::sync::mpsc::Sender<LocalEvent>>,
     tap_errors: u64,
     underlay_errors: u64,
 }
 
 impl Datapath {
-    /// A worker over `taps` (in the forwarder's network order) and `underlay`.
+    /// A worker over `taps` (in the forwarder's network order) and `underlay`, and the handle that feeds it.
+    /// Discovered local endpoints go to `local_events` when a control plane listens.
     pub fn new(
         forwarder: Forwarder,
         taps: Vec<Tap>,
         underlay: Underlay,
         stop: Arc<AtomicBool>,
-        queries: crossbeam_channel::Receiver<Query>,
-    ) -> Self {
-        Self { forwarder, taps, underlay, stop, queries, tap_errors: 0, underlay_errors: 0 }
+        local_events: Option<tokio::sync::mpsc::Sender<LocalEvent>>,
+    ) -> io::Result<(Self, DatapathHandle)> {
+        let (tx, queries) = crossbeam_channel::bounded(4096);
+        let waker = Arc::new(Waker::new()?);
+        let handle = DatapathHandle { queries: tx, waker: waker.clone() };
+        let worker =
+            Self { forwarder, taps, underlay, stop, queries, waker, local_events, tap_errors: 0, underlay_errors: 0 };
+        Ok((worker, handle))
     }
 
     /// Runs until `stop` is set. Returns the TAPs so the caller decides when they close.
@@ -91,7 +123,7 @@ impl Datapath {
             .taps
             .iter()
             .map(|t| t.as_raw_fd())
-            .chain([self.underlay.as_raw_fd()])
+            .chain([self.underlay.as_raw_fd(), self.waker.as_raw_fd()])
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let mut next_tick = clock::now() + Duration::from_secs(1);
@@ -115,12 +147,21 @@ impl Datapath {
             if underlay_fd[0].revents != 0 {
                 self.drain_underlay(now, &mut buf);
             }
+            if underlay_fd[1].revents != 0 {
+                self.waker.reset();
+            }
             if now >= next_tick {
                 self.forwarder.handle_timeout(now);
                 next_tick = now + Duration::from_secs(1);
             }
             while let Ok(query) = self.queries.try_recv() {
                 self.answer(now, query);
+            }
+            while let Some(event) = self.forwarder.poll_local_event() {
+                // A full queue means the control plane is far behind; the endpoint is seen again on its next frame.
+                if let Some(tx) = &self.local_events {
+                    let _ = tx.try_send(event);
+                }
             }
         }
         Ok(self.taps)
@@ -142,7 +183,17 @@ impl Datapath {
             let (vteps, flow) = match &egress {
                 Egress::Unicast { vtep, flow } => (std::slice::from_ref(vtep), *flow),
                 Egress::Flood { vteps, flow } => (*vteps, *flow),
-                Egress::Drop(_) => continue,
+                Egress::Answer { mac } => {
+                    // The reply goes into the headroom-free tail of the buffer, after the request.
+                    let (request, rest) = buf.split_at_mut(frame.end);
+                    if let Some(len) = neighbor::answer(&request[frame.clone()], *mac, rest) {
+                        if self.taps[network].send(&rest[..len]).is_err() {
+                            self.tap_errors += 1;
+                        }
+                    }
+                    continue;
+                }
+                Egress::Drop(_) | Egress::Local => continue,
             };
             let datagram = encapsulate(vni, buf, frame);
             for vtep in vteps {
@@ -172,8 +223,9 @@ impl Datapath {
         }
     }
 
-    fn answer(&self, now: Instant, query: Query) {
+    fn answer(&mut self, now: Instant, query: Query) {
         match query {
+            Query::Control(update) => self.forwarder.handle_control(update),
             Query::Snapshot(reply) => {
                 let fdb = self
                     .forwarder
@@ -187,6 +239,7 @@ impl Datapath {
                     tap_errors: self.tap_errors,
                     underlay_errors: self.underlay_errors,
                     fdb,
+                    local: self.forwarder.local_endpoints().iter().map(|(n, m, ips)| (n, m, ips.to_vec())).collect(),
                 });
             }
         }

@@ -6,3 +6,4 @@ pub mod datapath;
 pub mod netlink;
 pub mod tap;
 pub mod udp;
+pub mod waker;
