@@ -215,7 +215,7 @@ impl Inbound {
     /// Checks, decrypts and verifies an ESP packet in place; returns the range of its payload within `packet`.
     /// The replay check runs before decryption and the window moves only after the ICV verified.
     pub fn open(&mut self, packet: &mut [u8]) -> Result<Range<usize>, OpenError> {
-        if packet.len() < HEADER_LEN + 2 + ICV_LEN || (packet.len() - HEADER_LEN - ICV_LEN) % 4 != 0 {
+        if packet.len() < HEADER_LEN + 2 + ICV_LEN || !(packet.len() - HEADER_LEN - ICV_LEN).is_multiple_of(4) {
             return Err(OpenError::Truncated);
         }
         if spi_of(packet) != Some(self.spi) {
