@@ -18,6 +18,7 @@
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
 //!
@@ -31,6 +32,7 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod keying;
 pub mod local;
 pub mod neighbor;
 pub mod rng;
