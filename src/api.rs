@@ -107,6 +107,7 @@ fn stats_json(s: &Snapshot) -> Value {
         "tx_unicast": f.tx_unicast, "tx_flooded": f.tx_flooded, "tx_datagrams": f.tx_datagrams, "tx_bytes": f.tx_bytes,
         "rx_frames": f.rx_frames, "rx_bytes": f.rx_bytes, "learned": f.learned,
         "suppressed": f.suppressed, "kept_local": f.kept_local,
+        "esp_sealed": f.esp_sealed, "esp_opened": f.esp_opened,
         "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors,
         "drops": drops,
     })
@@ -128,6 +129,8 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
             "malformed": g.malformed, "rejected": g.rejected, "refutations": g.refutations,
             "snapshots_requested": g.snapshots_requested, "undecodable_records": c.undecodable,
         },
+        "keying": c.keying.as_ref().map(|k| json!({ "rekeys": k.rekeys, "refused": k.refused, "retries": k.retries })),
+        "epochs": c.epochs.iter().map(|(id, epoch, age)| json!({ "id": id, "epoch": epoch, "age_secs": age })).collect::<Vec<_>>(),
     })
 }
 

@@ -42,7 +42,7 @@ pub fn print_fdb(v: &Value) {
     for row in v["fdb"].as_array().into_iter().flatten() {
         println!(
             "{:<9} {:<18} {:<40} {}",
-            row["vni"],
+            row["vni"].as_u64().unwrap_or(0),
             row["mac"].as_str().unwrap_or("?"),
             row["vtep"].as_str().unwrap_or("?"),
             row["origin"].as_str().unwrap_or("?")

@@ -77,12 +77,56 @@ pub struct ControlConfig {
     /// Control addresses of nodes to join through; may include this node's own.
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
+    /// Encrypted networks agree new keys this often (seconds).
+    #[serde(default = "default_rekey_secs")]
+    pub rekey_secs: u64,
+    /// How long an old inbound SA keeps working after a rekey (seconds).
+    #[serde(default = "default_rekey_grace_secs")]
+    pub rekey_grace_secs: u64,
+    /// The AEAD of encrypted networks: `aes-128-gcm` (default) or `aes-256-gcm`.
+    #[serde(default)]
+    pub cipher: CipherName,
+    /// Append every SA's keys to this file as Wireshark `esp_sa` rows. Debug only: it defeats the encryption.
+    pub keylog: Option<PathBuf>,
+}
+
+/// `control.cipher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum CipherName {
+    /// AES-GCM with a 128-bit key.
+    #[default]
+    #[serde(rename = "aes-128-gcm")]
+    Aes128Gcm,
+    /// AES-GCM with a 256-bit key.
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+}
+
+fn default_rekey_secs() -> u64 {
+    3600
+}
+
+fn default_rekey_grace_secs() -> u64 {
+    30
 }
 
 /// Default control-plane port.
 pub const CONTROL_PORT: u16 = 7946;
 
 impl ControlConfig {
+    /// Key agreement settings.
+    pub fn keying(&self) -> overlay_proto::keying::KeyingConfig {
+        overlay_proto::keying::KeyingConfig {
+            rekey_after: std::time::Duration::from_secs(self.rekey_secs),
+            grace: std::time::Duration::from_secs(self.rekey_grace_secs),
+            cipher: match self.cipher {
+                CipherName::Aes128Gcm => weft_crypto::keys::Cipher::Aes128Gcm,
+                CipherName::Aes256Gcm => weft_crypto::keys::Cipher::Aes256Gcm,
+            },
+            ..overlay_proto::keying::KeyingConfig::default()
+        }
+    }
+
     /// The QUIC listen address.
     pub fn listen_addr(&self, underlay: IpAddr) -> SocketAddr {
         self.listen.unwrap_or(SocketAddr::new(underlay, CONTROL_PORT))
@@ -100,6 +144,9 @@ pub struct NodeConfig {
     /// UDP port of plaintext VXLAN.
     #[serde(default = "default_vxlan_port")]
     pub vxlan_port: u16,
+    /// UDP port of ESP-in-UDP (RFC 3948).
+    #[serde(default = "default_esp_port")]
+    pub esp_port: u16,
     /// Unix socket of the JSON API.
     #[serde(default = "default_api_socket")]
     pub api_socket: PathBuf,
@@ -125,6 +172,9 @@ pub struct NetworkConfig {
     /// Data-plane learning: `peers` (default), `any` or `off`.
     #[serde(default)]
     pub learning: LearningMode,
+    /// Carry frames as ESP-in-UDP with AES-GCM (keys agreed over the control plane, so `[control]` is needed).
+    #[serde(default)]
+    pub encrypted: bool,
     /// Static VTEPs of this network.
     #[serde(default)]
     pub peers: Vec<IpAddr>,
@@ -170,6 +220,10 @@ fn default_vxlan_port() -> u16 {
     overlay_proto::wire::vxlan::DEFAULT_PORT
 }
 
+fn default_esp_port() -> u16 {
+    4500
+}
+
 fn default_api_socket() -> PathBuf {
     PathBuf::from("/run/weft/weft.sock")
 }
@@ -211,6 +265,9 @@ impl Config {
         if node.vxlan_port == 0 {
             return Err(invalid("node.vxlan_port", "must be 1..=65535"));
         }
+        if node.esp_port == 0 || node.esp_port == node.vxlan_port {
+            return Err(invalid("node.esp_port", "must be 1..=65535 and differ from node.vxlan_port"));
+        }
         if let Some(control) = &self.control {
             for (j, seed) in control.seeds.iter().enumerate() {
                 if seed.port() == 0 || seed.ip().is_unspecified() {
@@ -219,6 +276,12 @@ impl Config {
             }
             if control.listen.is_some_and(|l| l.port() == 0) {
                 return Err(invalid("control.listen", "needs a port"));
+            }
+            if control.rekey_secs < 2 {
+                return Err(invalid("control.rekey_secs", "must be at least 2"));
+            }
+            if control.rekey_grace_secs == 0 || control.rekey_grace_secs >= control.rekey_secs.max(2) * 10 {
+                return Err(invalid("control.rekey_grace_secs", "must be at least 1 and well below rekey_secs"));
             }
         }
         let (mut vnis, mut names, mut bridges) = (HashSet::new(), HashSet::new(), HashSet::new());
@@ -257,6 +320,12 @@ impl Config {
                         net.subnet,
                         net.subnet.trunc()
                     ),
+                ));
+            }
+            if net.encrypted && self.control.is_none() {
+                return Err(invalid(
+                    key("encrypted"),
+                    "encryption keys are agreed over the control plane: add a [control] section, or set encrypted = false",
                 ));
             }
             if let Some(mtu) = net.mtu {
@@ -310,17 +379,24 @@ impl NetworkConfig {
         self.fdb.iter().filter_map(|e| Some((e.mac.parse().ok()?, e.vtep))).collect()
     }
 
-    /// The overlay MTU on an underlay of `underlay_mtu` bytes: configured or derived, never above what fits.
-    pub fn overlay_mtu(&self, underlay: IpAddr, underlay_mtu: u32) -> Result<u32, ConfigError> {
+    /// Bytes the encapsulation adds on top of an inner IP packet, outer IP header included.
+    pub fn overhead(&self, underlay: IpAddr) -> u32 {
         let outer_ip = if underlay.is_ipv4() { 20 } else { 40 };
-        let max = underlay_mtu.saturating_sub(outer_ip + VXLAN_OVERHEAD_NO_IP);
+        // ESP-in-UDP adds the outer UDP header, the ESP header (16), the worst-case padding (3), pad length and
+        // next header (2) and the ICV (16) around the VXLAN datagram (inner UDP + VXLAN + Ethernet).
+        let esp = if self.encrypted { 8 + 16 + 3 + 2 + 16 } else { 0 };
+        outer_ip + VXLAN_OVERHEAD_NO_IP + esp
+    }
+
+    /// The overlay MTU of network number `index` on an underlay of `underlay_mtu` bytes: configured or derived,
+    /// never above what fits.
+    pub fn overlay_mtu(&self, index: usize, underlay: IpAddr, underlay_mtu: u32) -> Result<u32, ConfigError> {
+        let overhead = self.overhead(underlay);
+        let max = underlay_mtu.saturating_sub(overhead);
         match self.mtu {
             Some(mtu) if mtu > max => Err(invalid(
-                format!("network {:?} mtu", self.name),
-                format!(
-                    "{mtu} does not fit: underlay MTU {underlay_mtu} - {} bytes of VXLAN overhead = {max}",
-                    outer_ip + VXLAN_OVERHEAD_NO_IP
-                ),
+                format!("network[{index}].mtu"),
+                format!("{mtu} does not fit: underlay MTU {underlay_mtu} - {overhead} bytes of encapsulation = {max}"),
             )),
             Some(mtu) => Ok(mtu),
             None => Ok(max),
@@ -371,11 +447,14 @@ learning = "any"
         assert_eq!(c.networks[0].static_fdb().len(), 1);
         assert_eq!(c.networks[1].bridge_name(), "br-red");
         let v4 = "198.18.0.1".parse().unwrap();
-        assert_eq!(c.networks[0].overlay_mtu(v4, 1500).unwrap(), 1450);
-        assert_eq!(c.networks[0].overlay_mtu("2001:db8::1".parse().unwrap(), 1500).unwrap(), 1430);
-        assert_eq!(c.networks[1].overlay_mtu(v4, 1500).unwrap(), 1400);
-        let too_big = c.networks[1].overlay_mtu(v4, 1420).unwrap_err().to_string();
-        assert!(too_big.contains("mtu") && too_big.contains("1370"), "{too_big}");
+        assert_eq!(c.networks[0].overlay_mtu(0, v4, 1500).unwrap(), 1450);
+        assert_eq!(c.networks[0].overlay_mtu(0, "2001:db8::1".parse().unwrap(), 1500).unwrap(), 1430);
+        assert_eq!(c.networks[1].overlay_mtu(1, v4, 1500).unwrap(), 1400);
+        let too_big = c.networks[1].overlay_mtu(1, v4, 1420).unwrap_err().to_string();
+        assert!(too_big.contains("network[1].mtu") && too_big.contains("1370"), "{too_big}");
+        let mut encrypted = c.networks[0].clone();
+        encrypted.encrypted = true;
+        assert_eq!(encrypted.overlay_mtu(0, v4, 1500).unwrap(), 1500 - 20 - 30 - 45);
     }
 
     #[test]

@@ -65,8 +65,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut host = HostState::default();
     let setup = setup_networks(&config, &netlink, underlay_link.mtu, &mut host).await;
-    let underlay =
-        setup.and_then(|()| Underlay::open(config.node.underlay, config.node.vxlan_port).map_err(anyhow::Error::from));
+    let underlay = setup.and_then(|()| {
+        Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
+    });
     let underlay = match underlay {
         Ok(u) => u,
         Err(e) => {
@@ -95,6 +96,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 vtep: config.node.underlay,
                 name: config.node.name.clone(),
                 vnis: config.networks.iter().map(|n| n.vni()).collect(),
+                keying: config.networks.iter().any(|n| n.encrypted).then(|| c.keying()),
+                keylog: c.keylog.clone(),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
         }
@@ -147,8 +150,11 @@ async fn setup_networks(
     underlay_mtu: u32,
     host: &mut HostState,
 ) -> anyhow::Result<()> {
-    for net in &config.networks {
-        let mtu = net.overlay_mtu(config.node.underlay, underlay_mtu)?;
+    // Every MTU is checked before anything is created.
+    let mtus = (config.networks.iter().enumerate())
+        .map(|(i, net)| net.overlay_mtu(i, config.node.underlay, underlay_mtu))
+        .collect::<Result<Vec<u32>, _>>()?;
+    for (net, mtu) in config.networks.iter().zip(mtus) {
         let bridge_name = net.bridge_name();
         let alias = bridge_alias(&net.name);
         let bridge = match netlink.link_by_name(&bridge_name).await? {
@@ -184,6 +190,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
         local_vtep: underlay,
         fdb: FdbConfig { ageing: Duration::from_secs(config.node.ageing_secs), ..FdbConfig::default() },
         local_ageing: Duration::from_secs(config.node.ageing_secs),
+        vxlan_port: config.node.vxlan_port,
         flow_seed: u64::from_le_bytes(*b"weftflow")
             ^ config.node.name.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b)),
         networks: config
@@ -195,6 +202,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
                 peers: n.peers.clone(),
                 static_fdb: n.static_fdb(),
                 flood_limit: RateLimit::default(),
+                encrypted: n.encrypted,
             })
             .collect(),
     }

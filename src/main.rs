@@ -20,6 +20,9 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "/etc/weft/weft.toml")]
         config: PathBuf,
+        /// Append every SA's keys to FILE as Wireshark esp_sa rows (debug only: it defeats the encryption).
+        #[arg(long, value_name = "FILE")]
+        keylog: Option<PathBuf>,
     },
     /// Check a configuration file and exit.
     Check {
@@ -105,8 +108,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
+        Command::Run { config, keylog } => {
+            let mut config = Config::load(&config)?;
+            if let Some(path) = keylog {
+                let control = config.control.as_mut().ok_or_else(|| {
+                    anyhow::anyhow!("--keylog needs a [control] section: keys exist only for encrypted networks")
+                })?;
+                control.keylog = Some(path);
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()),

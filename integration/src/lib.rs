@@ -10,6 +10,9 @@
 //!      └─ Drop: SIGTERM every daemon (SIGKILL after 10 s), print their logs, lab.sh down, remove the lab dir
 //! ```
 //!
+//! [`weft`] adds what the tests that run weft share: config text, starting a daemon and waiting for its API, and
+//! `weft stats`, `weft fdb`, `ip link` and `ip neigh` read as values.
+//!
 //! What it does not do: pick lab names (each test passes its own, unique among the tests), or sleep to wait for
 //! something: every wait is [`wait_until`] a condition, with a deadline.
 //!
@@ -30,6 +33,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+pub mod weft;
 
 /// How often [`wait_until`] asks again.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

@@ -20,15 +20,22 @@ use std::net::IpAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use weft_crypto::esp::{self, Inbound, OpenError, Outbound};
+use weft_crypto::replay::ReplayError;
+use weft_crypto::Spi;
+
 use crate::fdb::{Fdb, FdbConfig};
+use crate::keying::KeyEvent;
 use crate::local::{LocalEndpoints, LocalEvent};
 use crate::neighbor::{self, NeighborQuery};
-use crate::wire::{ethernet, vxlan};
+use crate::wire::{ethernet, udp, vxlan};
 use crate::{flow, MacAddr, Vni};
 
-/// Bytes a caller keeps free in front of a frame so headers can be prepended in place: VXLAN (8) now; the ESP and
-/// inner UDP headers (24) and alignment later.
+/// Bytes a caller keeps free in front of a frame so headers can be prepended in place: VXLAN (8), and for
+/// encrypted networks the inner UDP header (8) and the ESP header (16), rounded up.
 pub const HEADROOM: usize = 64;
+/// Bytes a caller keeps free after a frame: the ESP trailer and ICV.
+pub const TAILROOM: usize = esp::MAX_TRAILER_LEN;
 
 /// Per-network settings the engine needs.
 #[derive(Debug, Clone)]
@@ -43,6 +50,8 @@ pub struct NetworkConfig {
     pub static_fdb: Vec<(MacAddr, IpAddr)>,
     /// Head-end replication budget: broadcast, multicast and unknown-unicast frames per second, and burst.
     pub flood_limit: RateLimit,
+    /// Frames travel as ESP-in-UDP; plaintext VXLAN for this VNI is dropped.
+    pub encrypted: bool,
 }
 
 /// Data-plane learning of (VNI, inner source MAC) → outer source address (RFC 7348 §4.2).
@@ -83,6 +92,8 @@ pub struct ForwarderConfig {
     pub flow_seed: u64,
     /// Silence after which a local endpoint is withdrawn.
     pub local_ageing: Duration,
+    /// The VXLAN UDP port, written as the inner UDP header's destination inside ESP.
+    pub vxlan_port: u16,
     /// The networks, in the order the caller numbers them.
     pub networks: Vec<NetworkConfig>,
 }
@@ -104,11 +115,23 @@ pub enum DropReason {
     NoDestination,
     /// The head-end replication budget was spent.
     FloodLimited,
+    /// Plaintext VXLAN for a network that is encrypted.
+    PlaintextOnEncrypted,
+    /// An ESP packet whose SPI no inbound SA has (or whose SA belongs to another VTEP); no decryption was tried.
+    UnknownSpi,
+    /// An ESP packet refused by the replay window, before decryption.
+    Replay,
+    /// An ESP packet whose ICV did not verify.
+    Authentication,
+    /// An ESP packet that authenticated but whose framing (trailer, inner UDP header) is wrong, or one too short.
+    EspMalformed,
+    /// No outbound SA to the destination yet (keys still being agreed).
+    NoSa,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::NoVniFlag,
         DropReason::UnknownVni,
@@ -116,6 +139,12 @@ impl DropReason {
         DropReason::BadSourceMac,
         DropReason::NoDestination,
         DropReason::FloodLimited,
+        DropReason::PlaintextOnEncrypted,
+        DropReason::UnknownSpi,
+        DropReason::Replay,
+        DropReason::Authentication,
+        DropReason::EspMalformed,
+        DropReason::NoSa,
     ];
 
     /// A stable snake_case name for counters and metrics.
@@ -128,6 +157,12 @@ impl DropReason {
             DropReason::BadSourceMac => "bad_source_mac",
             DropReason::NoDestination => "no_destination",
             DropReason::FloodLimited => "flood_limited",
+            DropReason::PlaintextOnEncrypted => "plaintext_on_encrypted",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::Replay => "replay",
+            DropReason::Authentication => "authentication",
+            DropReason::EspMalformed => "esp_malformed",
+            DropReason::NoSa => "no_sa",
         }
     }
 
@@ -157,6 +192,10 @@ pub struct ForwardStats {
     pub rx_bytes: u64,
     /// MAC → VTEP entries learned or moved.
     pub learned: u64,
+    /// Datagrams sealed into ESP.
+    pub esp_sealed: u64,
+    /// ESP packets opened.
+    pub esp_opened: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
@@ -235,6 +274,15 @@ pub enum Egress<'a> {
     Local,
 }
 
+/// Which underlay port a datagram goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Plaintext VXLAN (4789 by default).
+    Vxlan,
+    /// ESP-in-UDP (4500 by default).
+    Esp,
+}
+
 /// A received datagram that carries a frame for a local network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingress {
@@ -248,6 +296,7 @@ pub struct Ingress {
 struct Network {
     vni: Vni,
     learning: Learning,
+    encrypted: bool,
     /// Configured peers (never this host).
     static_peers: Vec<IpAddr>,
     /// Static FDB VTEPs.
@@ -285,6 +334,11 @@ pub struct Forwarder {
     remote_ips: HashMap<(Vni, MacAddr), Vec<IpAddr>>,
     /// Endpoints behind this host's TAPs.
     local: LocalEndpoints,
+    vxlan_port: u16,
+    /// The current outbound SA per peer VTEP.
+    outbound: HashMap<IpAddr, Outbound>,
+    /// Inbound SAs by SPI, with the VTEP that may use them.
+    inbound: HashMap<Spi, (IpAddr, Inbound)>,
     stats: ForwardStats,
 }
 
@@ -301,6 +355,7 @@ impl Forwarder {
             let mut network = Network {
                 vni: net.vni,
                 learning: net.learning,
+                encrypted: net.encrypted,
                 static_peers: net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect(),
                 static_vteps: net.static_fdb.iter().map(|(_, vtep)| *vtep).collect(),
                 members: BTreeSet::new(),
@@ -322,6 +377,9 @@ impl Forwarder {
             neighbors: HashMap::new(),
             remote_ips: HashMap::new(),
             local: LocalEndpoints::new(config.local_ageing, 16_384),
+            vxlan_port: config.vxlan_port,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
             stats: ForwardStats::default(),
         }
     }
@@ -375,15 +433,53 @@ impl Forwarder {
         Egress::Flood { vteps, flow }
     }
 
-    /// Validates a VXLAN datagram (the UDP payload) received from `from`, learns from it when the network learns,
-    /// and says which network's TAP gets the inner frame.
+    /// Validates a plaintext VXLAN datagram (the UDP payload) received from `from`, learns from it when the network
+    /// learns, and says which network's TAP gets the inner frame.
     pub fn handle_underlay(&mut self, now: Instant, from: IpAddr, datagram: &[u8]) -> Result<Ingress, DropReason> {
+        self.receive(now, from, datagram, false)
+    }
+
+    /// Opens an ESP packet (the UDP 4500 payload) from `from` in place and handles the VXLAN datagram inside it.
+    /// The frame range of the result is within `packet`. The SPI is looked up, and the replay window checked,
+    /// before any decryption work.
+    pub fn handle_esp(&mut self, now: Instant, from: IpAddr, packet: &mut [u8]) -> Result<Ingress, DropReason> {
+        let Some(spi) = esp::spi_of(packet) else {
+            return Err(self.stats.drop(DropReason::EspMalformed));
+        };
+        let Some((_, sa)) = self.inbound.get_mut(&spi).filter(|(vtep, _)| *vtep == from) else {
+            return Err(self.stats.drop(DropReason::UnknownSpi));
+        };
+        let inner = sa.open(packet).map_err(|e| {
+            self.stats.drop(match e {
+                OpenError::Replay(ReplayError::Replayed | ReplayError::TooOld) => DropReason::Replay,
+                OpenError::Authentication => DropReason::Authentication,
+                OpenError::Truncated | OpenError::WrongSpi | OpenError::BadTrailer => DropReason::EspMalformed,
+            })
+        })?;
+        self.stats.esp_opened += 1;
+        let udp_ok = udp::Packet::new_checked(&packet[inner.clone()])
+            .is_ok_and(|u| u.dst_port() == self.vxlan_port && usize::from(u.len()) == inner.len());
+        if !udp_ok {
+            return Err(self.stats.drop(DropReason::EspMalformed));
+        }
+        let datagram = inner.start + udp::HEADER_LEN..inner.end;
+        let ingress = self.receive(now, from, &packet[datagram.clone()], true)?;
+        Ok(Ingress {
+            network: ingress.network,
+            frame: ingress.frame.start + datagram.start..ingress.frame.end + datagram.start,
+        })
+    }
+
+    fn receive(&mut self, now: Instant, from: IpAddr, datagram: &[u8], encrypted: bool) -> Result<Ingress, DropReason> {
         let packet = vxlan::Packet::new_checked(datagram).map_err(|_| self.stats.drop(DropReason::Malformed))?;
         let repr = vxlan::Repr::parse(&packet).map_err(|_| self.stats.drop(DropReason::NoVniFlag))?;
         let Some(&network) = self.by_vni.get(&repr.vni) else {
             return Err(self.stats.drop(DropReason::UnknownVni));
         };
         let net = &self.networks[network];
+        if net.encrypted && !encrypted {
+            return Err(self.stats.drop(DropReason::PlaintextOnEncrypted));
+        }
         if net.learning != Learning::Any && net.senders.binary_search(&from).is_err() {
             return Err(self.stats.drop(DropReason::UnknownSender));
         }
@@ -404,6 +500,68 @@ impl Forwarder {
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += frame.len() as u64;
         Ok(Ingress { network, frame })
+    }
+
+    /// Prepends the headers for network `network`'s frame at `buf[frame]` going to `vtep`: VXLAN, and for an
+    /// encrypted network the inner UDP header and ESP (sealed in place, trailer after the frame). Returns the
+    /// datagram's range and the port it goes to. For a flood to several VTEPs of an encrypted network, call this
+    /// on a fresh copy of the frame per VTEP: sealing consumes the plaintext.
+    pub fn encapsulate(
+        &mut self,
+        network: usize,
+        vtep: IpAddr,
+        flow: u32,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Result<(Range<usize>, Port), DropReason> {
+        let net = &self.networks[network];
+        let datagram = encapsulate(net.vni, buf, frame);
+        if !net.encrypted {
+            return Ok((datagram, Port::Vxlan));
+        }
+        let Some(sa) = self.outbound.get_mut(&vtep) else {
+            return Err(self.stats.drop(DropReason::NoSa));
+        };
+        let start = datagram.start - udp::HEADER_LEN;
+        let len = datagram.end - start;
+        let mut header = udp::Packet::new_unchecked(&mut buf[start..datagram.start]);
+        // RFC 7348 §5: the source port carries the flow's entropy (the outer one is the ESP socket's); the
+        // checksum is zero, as VXLAN allows.
+        header.set_src_port(49152 + (flow % 16384) as u16);
+        header.set_dst_port(self.vxlan_port);
+        header.set_len(len as u16);
+        header.set_checksum(0);
+        let sealed = sa.seal(buf, start..datagram.end).map_err(|_| self.stats.drop(DropReason::EspMalformed))?;
+        self.stats.esp_sealed += 1;
+        Ok((sealed, Port::Esp))
+    }
+
+    /// Whether network `network` is encrypted.
+    pub fn is_encrypted(&self, network: usize) -> bool {
+        self.networks[network].encrypted
+    }
+
+    /// Applies an SA change from the key agreement.
+    pub fn handle_key_event(&mut self, event: KeyEvent) {
+        match event {
+            KeyEvent::InstallInbound { vtep, spi, keys, .. } => {
+                self.inbound.insert(spi, (vtep, Inbound::new(spi, &keys)));
+            }
+            KeyEvent::SetOutbound { vtep, spi, keys, .. } => {
+                self.outbound.insert(vtep, Outbound::new(spi, &keys));
+            }
+            KeyEvent::RemoveInbound { spi } => {
+                self.inbound.remove(&spi);
+            }
+            KeyEvent::RemoveOutbound { vtep } => {
+                self.outbound.remove(&vtep);
+            }
+        }
+    }
+
+    /// Packets and bytes sealed by each current outbound SA: the key agreement rekeys on them.
+    pub fn sa_usage(&self) -> impl Iterator<Item = (IpAddr, u64, u64)> + '_ {
+        self.outbound.iter().map(|(vtep, sa)| (*vtep, sa.packets, sa.bytes))
     }
 
     /// Periodic housekeeping: expires learned FDB entries and silent local endpoints. Call about once a second.
@@ -555,6 +713,7 @@ mod tests {
             peers: vec![ip(H2), ip(H3), ip(H1)],
             static_fdb: vec![(MAC_B, ip(H2))],
             flood_limit: RateLimit { per_second: 10, burst: 2 },
+            encrypted: false,
         }
     }
 
@@ -565,6 +724,7 @@ mod tests {
                 fdb: FdbConfig::default(),
                 flow_seed: 1,
                 local_ageing: Duration::from_secs(300),
+                vxlan_port: 4789,
                 networks: vec![net(100, learning), net(200, Learning::Off)],
             },
             now,
@@ -603,6 +763,81 @@ mod tests {
         fw.handle_control(ControlUpdate::EndpointGone { vni, mac: mac_d });
         assert!(matches!(fw.handle_tap_frame(now, 0, &frame(mac_d, MAC_A)), Egress::Flood { .. }));
         assert_eq!(fw.neighbor(vni, ip_d), None);
+    }
+
+    #[test]
+    fn encrypted_networks_seal_to_esp_and_refuse_everything_else() {
+        use weft_crypto::keys::{Cipher, SaKeys};
+        let now = Instant::now();
+        let keys = SaKeys::new(Cipher::Aes128Gcm, &[7; 16], [1, 2, 3, 4]).unwrap();
+        let spi = Spi::new(0x1001).unwrap();
+        let encrypted = |local: [u8; 4]| {
+            let mut config = net(100, Learning::Off);
+            config.encrypted = true;
+            Forwarder::new(
+                ForwarderConfig {
+                    local_vtep: ip(local),
+                    fdb: FdbConfig::default(),
+                    flow_seed: 1,
+                    local_ageing: Duration::from_secs(300),
+                    vxlan_port: 4789,
+                    networks: vec![config],
+                },
+                now,
+            )
+        };
+        let (mut h1, mut h2) = (encrypted(H1), encrypted(H2));
+        let inner = frame(MAC_B, MAC_A);
+        let mut buf = vec![0u8; HEADROOM + inner.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let range = HEADROOM..HEADROOM + inner.len();
+        assert_eq!(h1.encapsulate(0, ip(H2), 5, &mut buf.clone(), range.clone()), Err(DropReason::NoSa));
+        h1.handle_key_event(KeyEvent::SetOutbound { vtep: ip(H2), spi, keys: keys.clone(), epoch: 1 });
+        h2.handle_key_event(KeyEvent::InstallInbound { vtep: ip(H1), spi, keys, epoch: 1 });
+        let (sealed, port) = h1.encapsulate(0, ip(H2), 5, &mut buf, range).unwrap();
+        assert_eq!(port, Port::Esp);
+        let packet = buf[sealed].to_vec();
+        assert!(!packet.windows(7).any(|w| w == b"payload"), "the frame is not visible in the ESP packet");
+
+        let mut copy = packet.clone();
+        let ingress = h2.handle_esp(now, ip(H1), &mut copy).unwrap();
+        assert_eq!(&copy[ingress.frame], &inner[..]);
+        assert_eq!(h2.handle_esp(now, ip(H1), &mut packet.clone()), Err(DropReason::Replay));
+        let mut flipped = packet.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut fresh = h1_seal(&mut h1, &inner);
+        let last = fresh.len() - 1;
+        fresh[last] ^= 1;
+        assert_eq!(h2.handle_esp(now, ip(H1), &mut fresh), Err(DropReason::Authentication));
+        let mut other_spi = h1_seal(&mut h1, &inner);
+        other_spi[3] ^= 0x55;
+        assert_eq!(h2.handle_esp(now, ip(H1), &mut other_spi), Err(DropReason::UnknownSpi));
+        assert_eq!(h2.handle_esp(now, ip(H3), &mut h1_seal(&mut h1, &inner)), Err(DropReason::UnknownSpi));
+        assert_eq!(
+            h2.handle_underlay(now, ip(H1), &vxlan_datagram(100, &inner)),
+            Err(DropReason::PlaintextOnEncrypted)
+        );
+        assert_eq!(h2.handle_esp(now, ip(H1), &mut [0, 0, 0x10, 0x01, 0, 0]), Err(DropReason::EspMalformed));
+        assert_eq!(h2.stats().esp_opened, 1);
+        let counted: Vec<u64> = [
+            DropReason::Replay,
+            DropReason::Authentication,
+            DropReason::UnknownSpi,
+            DropReason::PlaintextOnEncrypted,
+            DropReason::EspMalformed,
+        ]
+        .iter()
+        .map(|r| h2.stats().drops(*r))
+        .collect();
+        assert_eq!(counted, vec![1, 1, 2, 1, 1]);
+        assert_eq!(h1.sa_usage().collect::<Vec<_>>().len(), 1);
+    }
+
+    fn h1_seal(h1: &mut Forwarder, inner: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; HEADROOM + inner.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(inner);
+        let (range, _) = h1.encapsulate(0, ip(H2), 5, &mut buf, HEADROOM..HEADROOM + inner.len()).unwrap();
+        buf[range].to_vec()
     }
 
     /// An ARP request from `sender` (`sender_ip`) for `target`.
@@ -708,8 +943,11 @@ mod tests {
         for reason in DropReason::ALL {
             let expected = match reason {
                 DropReason::Malformed => 2,
-                DropReason::NoDestination | DropReason::FloodLimited => 0,
-                _ => 1,
+                DropReason::NoVniFlag
+                | DropReason::UnknownVni
+                | DropReason::UnknownSender
+                | DropReason::BadSourceMac => 1,
+                _ => 0,
             };
             assert_eq!(s.drops(reason), expected, "{}", reason.as_str());
         }

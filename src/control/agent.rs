@@ -5,9 +5,14 @@
 //!  TransportEvent ──► Gossip::handle_message ─┐                    ┌─► Transport::send_{datagram,message}
 //!  timer ───────────► Gossip::handle_timeout ─┼─► Gossip ──────────┤
 //!  LocalEvent (datapath) ─► set/remove_record ┘                    └─► Event ─► Directory ─► ControlUpdate ─► datapath
+//!
+//!  keying messages (tag ≥ 0x40) ─► Keyring ─► KeyEvent (SAs) ─► datapath (and the keylog, when asked for)
+//!  member up/down ─► Keyring::add_peer / remove_peer;   SA usage (datapath) ─► Keyring::report_usage
 //! ```
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,15 +21,17 @@ use overlay_proto::codec::Codec;
 use overlay_proto::directory::Directory;
 use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode};
+use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
 use overlay_proto::Vni;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use weft_crypto::keys::{keylog_line, SecretRng};
 
 use super::pki::{NodeIdentity, PkiAuthenticator};
 use super::transport::{Transport, TransportConfig, TransportEvent};
 use crate::clock;
-use crate::io::datapath::{DatapathHandle, Query};
+use crate::io::datapath::{DatapathEvent, DatapathHandle, Query};
 
 /// A member as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,6 +59,10 @@ pub struct ControlStatus {
     pub undecodable: u64,
     /// A digest of the visible record table, equal on hosts that agree.
     pub table_digest: u64,
+    /// Key agreement counters, when a network is encrypted.
+    pub keying: Option<KeyingStats>,
+    /// Current SA epoch per peer id: (epoch, seconds since it was agreed).
+    pub epochs: Vec<(String, u64, u64)>,
 }
 
 /// Settings of the control plane.
@@ -67,6 +78,19 @@ pub struct AgentConfig {
     pub name: String,
     /// The networks, in the data path's order.
     pub vnis: Vec<Vni>,
+    /// Key agreement settings, when any network is encrypted.
+    pub keying: Option<KeyingConfig>,
+    /// Where to append Wireshark ESP SA rows (debug only).
+    pub keylog: Option<PathBuf>,
+}
+
+/// The operating system's CSPRNG, for key shares.
+struct OsRng(ring::rand::SystemRandom);
+
+impl SecretRng for OsRng {
+    fn fill(&mut self, dest: &mut [u8]) {
+        ring::rand::SecureRandom::fill(&self.0, dest).expect("the operating system's random source failed");
+    }
 }
 
 /// A running control plane.
@@ -84,7 +108,7 @@ impl Agent {
         config: AgentConfig,
         identity: Arc<NodeIdentity>,
         datapath: DatapathHandle,
-        local_events: mpsc::Receiver<LocalEvent>,
+        datapath_events: mpsc::Receiver<DatapathEvent>,
     ) -> anyhow::Result<Self> {
         let (transport, events) = Transport::bind(TransportConfig::new(config.listen, identity.clone()))?;
         let now = clock::now();
@@ -98,9 +122,30 @@ impl Agent {
         let gossip = Gossip::new(GossipConfig::default(), PkiAuthenticator::new(identity.clone()), local, seed, now);
         let status = Arc::new(Mutex::new(ControlStatus { id: identity.id().to_string(), ..ControlStatus::default() }));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let driver =
-            Driver { gossip, transport, directory: Directory::default(), datapath, config, status: status.clone() };
-        let task = tokio::spawn(driver.run(events, local_events, shutdown_rx));
+        let keyring =
+            config.keying.clone().map(|k| Keyring::new(k, identity.id(), clock::wall_millis(), seed.rotate_left(17)));
+        let keylog = match &config.keylog {
+            Some(path) => {
+                warn!(
+                    path = %path.display(),
+                    "WRITING ENCRYPTION KEYS TO A KEYLOG: anyone who can read it can decrypt this host's traffic (debug only)"
+                );
+                Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
+            }
+            None => None,
+        };
+        let driver = Driver {
+            gossip,
+            keyring,
+            keylog,
+            rng: OsRng(ring::rand::SystemRandom::new()),
+            transport,
+            directory: Directory::default(),
+            datapath,
+            config,
+            status: status.clone(),
+        };
+        let task = tokio::spawn(driver.run(events, datapath_events, shutdown_rx));
         Ok(Self { shutdown, task, status })
     }
 
@@ -113,6 +158,9 @@ impl Agent {
 
 struct Driver {
     gossip: Gossip<PkiAuthenticator>,
+    keyring: Option<Keyring>,
+    keylog: Option<std::fs::File>,
+    rng: OsRng,
     transport: Transport,
     directory: Directory,
     datapath: DatapathHandle,
@@ -124,7 +172,7 @@ impl Driver {
     async fn run(
         mut self,
         mut net: mpsc::Receiver<TransportEvent>,
-        mut local: mpsc::Receiver<LocalEvent>,
+        mut local: mpsc::Receiver<DatapathEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let now = clock::now();
@@ -136,15 +184,22 @@ impl Driver {
         self.flush();
         info!(id = %self.gossip.id(), listen = %self.config.listen, seeds = self.config.seeds.len(), "control plane up");
         loop {
-            let deadline = self.gossip.poll_timeout().unwrap_or_else(|| clock::now() + Duration::from_secs(1));
+            let keying_deadline = self.keyring.as_ref().and_then(Keyring::poll_timeout);
+            let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline))
+                .min()
+                .unwrap_or_else(|| clock::now() + Duration::from_secs(1));
             tokio::select! {
                 event = net.recv() => match event {
                     Some(event) => self.on_transport(event),
                     None => break,
                 },
-                Some(event) = local.recv() => self.on_local(event),
+                Some(event) = local.recv() => self.on_datapath(event),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                    self.gossip.handle_timeout(clock::now());
+                    let now = clock::now();
+                    self.gossip.handle_timeout(now);
+                    if let Some(keyring) = &mut self.keyring {
+                        keyring.handle_timeout(now, &mut self.rng);
+                    }
                 }
                 _ = shutdown.changed() => {
                     self.gossip.leave();
@@ -161,6 +216,12 @@ impl Driver {
 
     fn on_transport(&mut self, event: TransportEvent) {
         match event {
+            TransportEvent::Message { from, addr, data } if data.first().is_some_and(|t| *t >= TAG_BASE) => {
+                let Some(keyring) = &mut self.keyring else { return };
+                if let Err(e) = keyring.handle_message(clock::now(), &mut self.rng, from, &data) {
+                    debug!(peer = ?from, %addr, error = %e, "keying message refused");
+                }
+            }
             TransportEvent::Datagram { from, addr, data } | TransportEvent::Message { from, addr, data } => {
                 if let Err(e) = self.gossip.handle_message(clock::now(), from, addr, &data) {
                     debug!(peer = ?from, %addr, error = %e, "gossip message refused");
@@ -172,8 +233,19 @@ impl Driver {
         }
     }
 
-    fn on_local(&mut self, event: LocalEvent) {
+    fn on_datapath(&mut self, event: DatapathEvent) {
         let now = clock::now();
+        let event = match event {
+            DatapathEvent::Local(event) => event,
+            DatapathEvent::SaUsage(usage) => {
+                if let Some(keyring) = &mut self.keyring {
+                    for (vtep, packets, bytes) in usage {
+                        keyring.report_usage(now, &mut self.rng, vtep, packets, bytes);
+                    }
+                }
+                return;
+            }
+        };
         match event {
             LocalEvent::Seen { network, mac, ips } => {
                 let vni = self.config.vnis[network];
@@ -201,15 +273,22 @@ impl Driver {
             }
         }
         let mut members_changed = false;
+        let now = clock::now();
         while let Some(event) = self.gossip.poll_event() {
             match &event {
-                Event::MemberUp { id, name, vtep, .. } => {
+                Event::MemberUp { id, name, vtep, addr } => {
                     info!(peer = %name, id = ?id, %vtep, "member up");
                     members_changed = true;
+                    if let Some(keyring) = &mut self.keyring {
+                        keyring.add_peer(now, &mut self.rng, *id, *addr, *vtep);
+                    }
                 }
                 Event::MemberDown { id } => {
                     info!(id = ?id, "member down");
                     members_changed = true;
+                    if let Some(keyring) = &mut self.keyring {
+                        keyring.remove_peer(id);
+                    }
                 }
                 _ => {}
             }
@@ -219,6 +298,7 @@ impl Driver {
                 }
             }
         }
+        self.flush_keys();
         let Ok(mut status) = self.status.lock() else { return };
         if members_changed {
             status.members = self
@@ -231,5 +311,50 @@ impl Driver {
         status.gossip = self.gossip.stats().clone();
         status.undecodable = self.directory.undecodable;
         status.table_digest = self.gossip.table_digest();
+        if let Some(keyring) = &self.keyring {
+            status.keying = Some(keyring.stats().clone());
+            status.epochs = self
+                .gossip
+                .live_members()
+                .filter_map(|(id, _)| {
+                    let (epoch, at) = keyring.epoch(&id)?;
+                    Some((id.to_string(), epoch, now.saturating_duration_since(at).as_secs()))
+                })
+                .collect();
+        }
+    }
+
+    /// Sends keying messages and hands SA changes to the data path (and the keylog).
+    fn flush_keys(&mut self) {
+        let Some(keyring) = &mut self.keyring else { return };
+        while let Some((to, bytes)) = keyring.poll_transmit() {
+            self.transport.send_message(to, Bytes::from(bytes));
+        }
+        while let Some(event) = keyring.poll_event() {
+            let local = self.config.vtep;
+            match &event {
+                KeyEvent::InstallInbound { vtep, spi, keys, epoch } => {
+                    debug!(%vtep, %spi, epoch, "inbound SA installed");
+                    write_keylog(&mut self.keylog, &keylog_line(*vtep, local, *spi, keys));
+                }
+                KeyEvent::SetOutbound { vtep, spi, keys, epoch } => {
+                    info!(%vtep, %spi, epoch, "outbound SA switched");
+                    write_keylog(&mut self.keylog, &keylog_line(local, *vtep, *spi, keys));
+                }
+                KeyEvent::RemoveInbound { spi } => debug!(%spi, "inbound SA retired"),
+                KeyEvent::RemoveOutbound { vtep } => debug!(%vtep, "outbound SA removed"),
+            }
+            if self.datapath.send(Query::Key(event)).is_err() {
+                warn!("data path queue full: an SA change was dropped");
+            }
+        }
+    }
+}
+
+fn write_keylog(file: &mut Option<std::fs::File>, line: &str) {
+    if let Some(f) = file {
+        if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
+            warn!(error = %e, "cannot write the keylog");
+        }
     }
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_proto::fdb::Origin;
-use overlay_proto::forward::{encapsulate, ControlUpdate, Egress, ForwardStats, Forwarder, HEADROOM};
+use overlay_proto::forward::{ControlUpdate, Egress, ForwardStats, Forwarder, Port, HEADROOM, TAILROOM};
+use overlay_proto::keying::KeyEvent;
 use overlay_proto::local::LocalEvent;
 use overlay_proto::{neighbor, MacAddr, Vni};
 
@@ -38,6 +39,17 @@ pub enum Query {
     Snapshot(crossbeam_channel::Sender<Snapshot>),
     /// A change from the control plane.
     Control(ControlUpdate),
+    /// An SA change from the key agreement.
+    Key(KeyEvent),
+}
+
+/// What the worker tells the control plane.
+#[derive(Debug)]
+pub enum DatapathEvent {
+    /// A local endpoint appeared, changed or went silent.
+    Local(LocalEvent),
+    /// Packets and bytes sealed so far by each current outbound SA, about once a second.
+    SaUsage(Vec<(IpAddr, u64, u64)>),
 }
 
 /// The sending side of the worker's queue, with the waker that makes it act at once.
@@ -93,7 +105,11 @@ pub struct Datapath {
     stop: Arc<AtomicBool>,
     queries: crossbeam_channel::Receiver<Query>,
     waker: Arc<Waker>,
-    local_events: Option<tokio::sync::mpsc::Sender<LocalEvent>>,
+    events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
+    /// The destinations of the frame being sent, copied out of the forwarder (reused, so no allocation).
+    targets: Vec<IpAddr>,
+    /// A second buffer: each copy of a frame flooded on an encrypted network is sealed separately.
+    scratch: Vec<u8>,
     tap_errors: u64,
     underlay_errors: u64,
 }
@@ -106,24 +122,35 @@ impl Datapath {
         taps: Vec<Tap>,
         underlay: Underlay,
         stop: Arc<AtomicBool>,
-        local_events: Option<tokio::sync::mpsc::Sender<LocalEvent>>,
+        events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
     ) -> io::Result<(Self, DatapathHandle)> {
         let (tx, queries) = crossbeam_channel::bounded(4096);
         let waker = Arc::new(Waker::new()?);
         let handle = DatapathHandle { queries: tx, waker: waker.clone() };
-        let worker =
-            Self { forwarder, taps, underlay, stop, queries, waker, local_events, tap_errors: 0, underlay_errors: 0 };
+        let worker = Self {
+            forwarder,
+            taps,
+            underlay,
+            stop,
+            queries,
+            waker,
+            events,
+            targets: Vec::with_capacity(64),
+            scratch: vec![0u8; HEADROOM + BUFFER + TAILROOM],
+            tap_errors: 0,
+            underlay_errors: 0,
+        };
         Ok((worker, handle))
     }
 
     /// Runs until `stop` is set. Returns the TAPs so the caller decides when they close.
     pub fn run(mut self) -> io::Result<Vec<Tap>> {
-        let mut buf = vec![0u8; HEADROOM + BUFFER];
+        let mut buf = vec![0u8; HEADROOM + BUFFER + TAILROOM];
         let mut fds: Vec<libc::pollfd> = self
             .taps
             .iter()
             .map(|t| t.as_raw_fd())
-            .chain([self.underlay.as_raw_fd(), self.waker.as_raw_fd()])
+            .chain([self.underlay.vxlan.as_raw_fd(), self.underlay.esp.as_raw_fd(), self.waker.as_raw_fd()])
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let mut next_tick = clock::now() + Duration::from_secs(1);
@@ -145,30 +172,33 @@ impl Datapath {
                 }
             }
             if underlay_fd[0].revents != 0 {
-                self.drain_underlay(now, &mut buf);
+                self.drain_underlay(now, &mut buf, false);
             }
             if underlay_fd[1].revents != 0 {
+                self.drain_underlay(now, &mut buf, true);
+            }
+            if underlay_fd[2].revents != 0 {
                 self.waker.reset();
             }
             if now >= next_tick {
                 self.forwarder.handle_timeout(now);
                 next_tick = now + Duration::from_secs(1);
+                let usage: Vec<_> = self.forwarder.sa_usage().collect();
+                if !usage.is_empty() {
+                    self.emit(DatapathEvent::SaUsage(usage));
+                }
             }
             while let Ok(query) = self.queries.try_recv() {
                 self.answer(now, query);
             }
             while let Some(event) = self.forwarder.poll_local_event() {
-                // A full queue means the control plane is far behind; the endpoint is seen again on its next frame.
-                if let Some(tx) = &self.local_events {
-                    let _ = tx.try_send(event);
-                }
+                self.emit(DatapathEvent::Local(event));
             }
         }
         Ok(self.taps)
     }
 
     fn drain_tap(&mut self, now: Instant, network: usize, buf: &mut [u8]) {
-        let vni = self.forwarder.vni(network);
         for _ in 0..BATCH {
             let len = match self.taps[network].recv(&mut buf[HEADROOM..]) {
                 Ok(len) => len,
@@ -180,11 +210,18 @@ impl Datapath {
             };
             let frame = HEADROOM..HEADROOM + len;
             let egress = self.forwarder.handle_tap_frame(now, network, &buf[frame.clone()]);
-            let (vteps, flow) = match &egress {
-                Egress::Unicast { vtep, flow } => (std::slice::from_ref(vtep), *flow),
-                Egress::Flood { vteps, flow } => (*vteps, *flow),
+            self.targets.clear();
+            let flow = match &egress {
+                Egress::Unicast { vtep, flow } => {
+                    self.targets.push(*vtep);
+                    *flow
+                }
+                Egress::Flood { vteps, flow } => {
+                    self.targets.extend_from_slice(vteps);
+                    *flow
+                }
                 Egress::Answer { mac } => {
-                    // The reply goes into the headroom-free tail of the buffer, after the request.
+                    // The reply goes into the buffer's tail, after the request.
                     let (request, rest) = buf.split_at_mut(frame.end);
                     if let Some(len) = neighbor::answer(&request[frame.clone()], *mac, rest) {
                         if self.taps[network].send(&rest[..len]).is_err() {
@@ -195,18 +232,31 @@ impl Datapath {
                 }
                 Egress::Drop(_) | Egress::Local => continue,
             };
-            let datagram = encapsulate(vni, buf, frame);
-            for vtep in vteps {
-                if self.underlay.send(flow, *vtep, &buf[datagram.clone()]).is_err() {
+            // Sealing consumes the plaintext: a flood on an encrypted network seals a fresh copy per VTEP.
+            let copy_each = self.forwarder.is_encrypted(network) && self.targets.len() > 1;
+            for i in 0..self.targets.len() {
+                let vtep = self.targets[i];
+                let target: &mut [u8] = if copy_each {
+                    self.scratch[frame.clone()].copy_from_slice(&buf[frame.clone()]);
+                    &mut self.scratch
+                } else {
+                    &mut *buf
+                };
+                let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, target, frame.clone())
+                else {
+                    continue;
+                };
+                if self.underlay.send(flow, vtep, port == Port::Esp, &target[datagram]).is_err() {
                     self.underlay_errors += 1;
                 }
             }
         }
     }
 
-    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8]) {
+    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], esp: bool) {
         for _ in 0..BATCH {
-            let (len, from) = match self.underlay.recv(buf) {
+            let socket = if esp { &self.underlay.esp } else { &self.underlay.vxlan };
+            let (len, from) = match socket.recv_from(buf) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -214,18 +264,30 @@ impl Datapath {
                     return;
                 }
             };
-            let Ok(ingress) = self.forwarder.handle_underlay(now, from.ip(), &buf[..len]) else {
-                continue;
+            let ingress = if esp {
+                self.forwarder.handle_esp(now, from.ip(), &mut buf[..len])
+            } else {
+                self.forwarder.handle_underlay(now, from.ip(), &buf[..len])
             };
+            let Ok(ingress) = ingress else { continue };
             if self.taps[ingress.network].send(&buf[ingress.frame]).is_err() {
                 self.tap_errors += 1;
             }
         }
     }
 
+    /// Hands an event to the control plane. A full queue means it is far behind: local endpoints are seen again
+    /// on their next frame, and usage is reported again in a second.
+    fn emit(&self, event: DatapathEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.try_send(event);
+        }
+    }
+
     fn answer(&mut self, now: Instant, query: Query) {
         match query {
             Query::Control(update) => self.forwarder.handle_control(update),
+            Query::Key(event) => self.forwarder.handle_key_event(event),
             Query::Snapshot(reply) => {
                 let fdb = self
                     .forwarder

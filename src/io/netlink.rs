@@ -8,17 +8,26 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
-/// A netlink request failed.
+/// A netlink request failed: what weft was doing, and what the kernel said.
 #[derive(Debug, thiserror::Error)]
-#[error("netlink: {what}: {source}")]
+#[error("{what}: {cause}")]
 pub struct NetlinkError {
     what: String,
-    source: rtnetlink::Error,
+    cause: String,
 }
 
 fn fail(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
-    move |source| NetlinkError { what, source }
+    move |error| {
+        let cause = match &error {
+            rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EPERM || e.raw_code() == -libc::EACCES => {
+                "operation not permitted: weft needs CAP_NET_ADMIN (run it as root, or grant the capability)".into()
+            }
+            rtnetlink::Error::NetlinkError(e) => std::io::Error::from_raw_os_error(-e.raw_code()).to_string(),
+            other => other.to_string(),
+        };
+        NetlinkError { what, cause }
+    }
 }
 
 /// What weft needs to know about a link.
@@ -80,7 +89,7 @@ impl Netlink {
         let what = format!("looking up link #{index}");
         match links.try_next().await.map_err(fail(what.clone()))? {
             Some(msg) => Ok(Link::from_message(&msg)),
-            None => Err(NetlinkError { what, source: rtnetlink::Error::RequestFailed }),
+            None => Err(NetlinkError { what, cause: "no such link".into() }),
         }
     }
 
@@ -106,7 +115,7 @@ impl Netlink {
         let link = self
             .link_by_name(name)
             .await?
-            .ok_or(NetlinkError { what: what.clone(), source: rtnetlink::Error::RequestFailed })?;
+            .ok_or_else(|| NetlinkError { what: what.clone(), cause: "created but not found".into() })?;
         let message = LinkUnspec::new_with_index(link.index).alias(alias).build();
         self.handle.link().set(message).execute().await.map_err(fail(format!("marking bridge {name}")))?;
         Ok(link)

@@ -1,13 +1,13 @@
 //! The underlay sockets.
 //!
-//! One socket bound to `underlay:port` receives every VXLAN datagram. Sending goes through a small pool of sockets
+//! One socket bound to `underlay:vxlan_port` receives plaintext VXLAN, another on `underlay:esp_port` receives
+//! ESP-in-UDP. Sending goes through a small pool of sockets
 //! bound to ephemeral ports on the same address: the inner flow hash picks the socket, and so the outer UDP source
 //! port (RFC 7348 §5), which gives ECMP and RSS on the underlay per-flow entropy without raw sockets, while every
 //! packet of one flow leaves from one port in order.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -38,40 +38,37 @@ pub enum UnderlayError {
     },
 }
 
-/// The receive socket and the send pool.
+/// The receive sockets and the send pool.
 #[derive(Debug)]
 pub struct Underlay {
-    recv: UdpSocket,
+    /// Plaintext VXLAN arrives here.
+    pub vxlan: UdpSocket,
+    /// ESP-in-UDP arrives here.
+    pub esp: UdpSocket,
     send: Vec<UdpSocket>,
-    port: u16,
+    vxlan_port: u16,
+    esp_port: u16,
 }
 
 impl Underlay {
-    /// Opens the sockets on `addr`, receiving on `port`.
-    pub fn open(addr: IpAddr, port: u16) -> Result<Self, UnderlayError> {
-        let listen = SocketAddr::new(addr, port);
-        let recv = socket(listen, false).map_err(|source| UnderlayError::Bind { addr: listen, source })?;
+    /// Opens the sockets on `addr`, receiving VXLAN on `vxlan_port` and ESP on `esp_port`.
+    pub fn open(addr: IpAddr, vxlan_port: u16, esp_port: u16) -> Result<Self, UnderlayError> {
+        let bind = |port| {
+            let listen = SocketAddr::new(addr, port);
+            socket(listen, false).map_err(|source| UnderlayError::Bind { addr: listen, source })
+        };
+        let (vxlan, esp) = (bind(vxlan_port)?, bind(esp_port)?);
         let send = (0..SEND_POOL)
             .map(|_| socket(SocketAddr::new(addr, 0), true))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|source| UnderlayError::Socket { addr, source })?;
-        Ok(Self { recv, send, port })
+        Ok(Self { vxlan, esp, send, vxlan_port, esp_port })
     }
 
-    /// Receives one datagram; `WouldBlock` when none is queued.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.recv.recv_from(buf)
-    }
-
-    /// Sends `datagram` to `vtep` on the VXLAN port, from the pool socket `flow` selects.
-    pub fn send(&self, flow: u32, vtep: IpAddr, datagram: &[u8]) -> io::Result<usize> {
-        self.send[flow as usize % self.send.len()].send_to(datagram, SocketAddr::new(vtep, self.port))
-    }
-}
-
-impl AsRawFd for Underlay {
-    fn as_raw_fd(&self) -> RawFd {
-        self.recv.as_raw_fd()
+    /// Sends `datagram` to `vtep` on the VXLAN or the ESP port, from the pool socket `flow` selects.
+    pub fn send(&self, flow: u32, vtep: IpAddr, esp: bool, datagram: &[u8]) -> io::Result<usize> {
+        let port = if esp { self.esp_port } else { self.vxlan_port };
+        self.send[flow as usize % self.send.len()].send_to(datagram, SocketAddr::new(vtep, port))
     }
 }
 

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# A first look at weft: three hosts (network namespaces made by scripts/lab.sh), one container each on net "blue",
+# joined by weft over plaintext VXLAN.
+#
+#   scripts/demo.sh [--keep]
+#     --keep   leave the lab and the daemons running at the end, and print how to take them down
+#
+# It builds weft (release), brings up lab "demo" (hosts 198.18.0.1-3, containers 198.19.0.11/21/31 and
+# 2001:db8:19:0::11/21/31), starts weft on each host with static peers, pings across hosts over IPv4 and IPv6, runs a
+# 5-second iperf3 between two containers, and shows `weft status` and `weft stats` of host 1. Needs root.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+keep=0
+while (($#)); do
+    case $1 in
+        --keep) keep=1; shift ;;
+        -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+done
+[[ $(id -u) -eq 0 ]] || { echo "demo.sh: must run as root (it creates network namespaces)" >&2; exit 1; }
+
+LAB=demo
+HOSTS=3
+VNI=100
+weft=${CARGO_TARGET_DIR:-$root/target}/release/weft
+workdir=""
+pids=()      # every process started here, for the teardown
+weft_pids=() # the daemons, for --keep
+
+section() { printf '\n===== %s =====\n' "$*"; }
+say() { printf '$ %s\n' "$*"; }
+
+# Stops the daemons by PID (politely, then not), removes the lab and the config directory. The EXIT trap.
+cleanup() {
+    local rc=$? pid tries
+    trap - EXIT INT TERM
+    if ((keep && rc == 0)); then
+        section "kept running (--keep)"
+        echo "weft PIDs: ${weft_pids[*]}; configs, logs and API sockets in $workdir"
+        echo "try:       ip netns exec $LAB-h1-blue-c1 ping 198.19.0.31"
+        echo "           $weft stats --socket $workdir/h1.sock"
+        echo "take down: kill ${weft_pids[*]}; $root/scripts/lab.sh down $LAB; rm -rf $workdir"
+        exit 0
+    fi
+    section "teardown"
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        for ((tries = 0; tries < 100; tries++)); do # up to 10 s
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    "$root/scripts/lab.sh" down "$LAB" || rc=1
+    [[ -z $workdir ]] || rm -rf "$workdir"
+    if ((rc != 0)); then
+        echo "demo.sh: failed (exit $rc)" >&2
+    else
+        echo "lab $LAB removed"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Polls "$@" every 0.1 s until it succeeds, for at most $1 seconds.
+wait_for() {
+    local seconds=$1 what=$2 tries
+    shift 2
+    for ((tries = 0; tries < seconds * 10; tries++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "demo.sh: timed out after ${seconds}s waiting for $what" >&2
+    return 1
+}
+
+section "build: weft (release)"
+say cargo build --release -p weft
+cargo build --release -p weft
+
+section "lab: $HOSTS hosts, 1 container each on net blue"
+workdir=$(mktemp -d /tmp/weft-demo.XXXXXX)
+"$root/scripts/lab.sh" down "$LAB" # leftovers of an earlier run, if any
+say scripts/lab.sh up $LAB --hosts $HOSTS --containers 1
+"$root/scripts/lab.sh" up "$LAB" --hosts "$HOSTS" --containers 1
+"$root/scripts/lab.sh" list "$LAB"
+
+section "weft: one daemon per host"
+for ((i = 1; i <= HOSTS; i++)); do
+    peers=""
+    for ((j = 1; j <= HOSTS; j++)); do
+        ((j == i)) || peers+="${peers:+, }\"198.18.0.$j\""
+    done
+    cat >"$workdir/h$i.toml" <<EOF
+[node]
+name = "h$i"
+underlay = "198.18.0.$i"
+api_socket = "$workdir/h$i.sock"
+
+[[network]]
+name = "blue"
+vni = $VNI
+subnet = "198.19.0.0/24"
+bridge = "br-blue"
+peers = [$peers]
+EOF
+    say ip netns exec $LAB-h$i weft run --config "$workdir/h$i.toml"
+    NO_COLOR=1 ip netns exec "$LAB-h$i" "$weft" run --config "$workdir/h$i.toml" >"$workdir/h$i.log" 2>&1 &
+    pids+=("$!")
+    weft_pids+=("$!")
+done
+echo "host 1's config:"
+sed 's/^/    /' "$workdir/h1.toml"
+for ((i = 1; i <= HOSTS; i++)); do
+    if ! wait_for 10 "weft on host $i" "$weft" stats --socket "$workdir/h$i.sock"; then
+        cat "$workdir/h$i.log" >&2
+        exit 1
+    fi
+done
+echo "all $HOSTS daemons ready"
+
+section "ping across hosts, IPv4 and IPv6"
+for ((i = 2; i <= HOSTS; i++)); do
+    for addr in "198.19.0.${i}1" "2001:db8:19:0::${i}1"; do
+        wait_for 10 "a first answer from $addr" ip netns exec "$LAB-h1-blue-c1" ping -c 1 -W 1 "$addr"
+        say "[h1 container] ping -c 3 $addr"
+        ip netns exec "$LAB-h1-blue-c1" ping -c 3 -i 0.2 "$addr"
+    done
+done
+
+section "iperf3, 5 s, TCP: host 1's container -> host 2's container"
+ip netns exec "$LAB-h2-blue-c1" iperf3 -s -1 >"$workdir/iperf3-server.log" 2>&1 &
+pids+=("$!")
+wait_for 5 "iperf3 to listen" bash -c "ip netns exec $LAB-h2-blue-c1 ss -Htln 'sport = :5201' | grep -q ."
+say "[h1 container] iperf3 -c 198.19.0.21 -t 5"
+ip netns exec "$LAB-h1-blue-c1" iperf3 -c 198.19.0.21 -t 5 -f g
+
+section "weft status (host 1)"
+"$weft" status --socket "$workdir/h1.sock"
+
+section "weft stats (host 1)"
+"$weft" stats --socket "$workdir/h1.sock"
+
+section "weft fdb (host 1)"
+"$weft" fdb --socket "$workdir/h1.sock"
