@@ -94,8 +94,14 @@ pub enum KeyMessage {
         /// Echoed.
         epoch: u64,
     },
-    /// Responder → initiator: please start a new epoch.
-    Request,
+    /// Responder → initiator: please start a new epoch. Carries the (session, epoch) the responder holds keys
+    /// for: the initiator's current one when it asks because of usage, anything else when it lacks keys.
+    Request {
+        /// The initiator session the responder's keys belong to (0 if none).
+        session: u64,
+        /// Their epoch (0 if none).
+        epoch: u64,
+    },
 }
 
 impl Codec for KeyMessage {
@@ -113,7 +119,11 @@ impl Codec for KeyMessage {
                 session.encode(out);
                 epoch.encode(out);
             }
-            KeyMessage::Request => out.push(TAG_BASE + 3),
+            KeyMessage::Request { session, epoch } => {
+                out.push(TAG_BASE + 3);
+                session.encode(out);
+                epoch.encode(out);
+            }
         }
     }
 
@@ -132,7 +142,7 @@ impl Codec for KeyMessage {
                 }
             }
             Some(2) => KeyMessage::Confirm { session: u64::decode(r)?, epoch: u64::decode(r)? },
-            Some(3) => KeyMessage::Request,
+            Some(3) => KeyMessage::Request { session: u64::decode(r)?, epoch: u64::decode(r)? },
             _ => return Err(DecodeError::Invalid("keying tag")),
         })
     }
@@ -375,7 +385,8 @@ impl Keyring {
             return;
         }
         pair.requested_at = Some(now);
-        self.transmits.push_back((pair.addr, KeyMessage::Request.to_bytes()));
+        let (session, epoch) = pair.current;
+        self.transmits.push_back((pair.addr, KeyMessage::Request { session, epoch }.to_bytes()));
     }
 
     fn allocate_spi(&mut self) -> Spi {
@@ -413,8 +424,18 @@ impl Keyring {
                 self.on_confirm(now, from, session, epoch);
                 Ok(())
             }
-            (KeyMessage::Request, true) => {
-                if self.peers.get(&from).is_some_and(|p| p.pending.is_none()) {
+            (KeyMessage::Request { session, epoch }, true) => {
+                // A responder with our current keys asks because of usage. One without them either restarted or
+                // sent its request before our offer reached it; the latter crosses a just-finished handshake, so a
+                // request within a retry period of an agreement is ignored (a restarted responder asks again).
+                let session_now = self.session;
+                let retry = self.config.retry;
+                let wanted = self.peers.get(&from).is_some_and(|p| {
+                    let current = (session, epoch) == (session_now, p.current.1) && p.established_at.is_some();
+                    let fresh = p.established_at.is_some_and(|at| now.saturating_duration_since(at) < retry);
+                    p.pending.is_none() && (current || !fresh)
+                });
+                if wanted {
                     self.offer(now, rng, from);
                 }
                 Ok(())
@@ -737,6 +758,13 @@ mod tests {
     }
 
     #[test]
+    fn a_request_crossing_the_first_handshake_does_not_start_another() {
+        let mut p = Pairing::new(KeyingConfig::default());
+        p.pump(0);
+        assert_eq!((p.a.stats().rekeys, p.b.stats().rekeys), (1, 1));
+    }
+
+    #[test]
     fn a_lost_offer_is_retried_and_late_answers_are_ignored() {
         let mut p = Pairing::new(KeyingConfig::default());
         p.pump(1); // the first offer is lost
@@ -767,6 +795,7 @@ mod tests {
         // The responder restarts: it has no SAs; its request makes the initiator start a new epoch.
         p.b = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
         p.sb = Sas::default();
+        p.advance(Duration::from_secs(2));
         let now = p.now;
         p.b.add_peer(now, &mut p.rng, LOW, addr(1), vtep(1));
         p.pump(0);
@@ -802,7 +831,7 @@ mod tests {
                 0 => KeyMessage::Offer { session, epoch, share, spi },
                 1 => KeyMessage::Accept { session, epoch, share, spi },
                 2 => KeyMessage::Confirm { session, epoch },
-                _ => KeyMessage::Request,
+                _ => KeyMessage::Request { session, epoch },
             };
             prop_assert_eq!(KeyMessage::from_bytes(&m.to_bytes()), Ok(m));
         }
