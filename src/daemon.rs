@@ -68,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let underlay = setup.and_then(|()| {
         Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
     });
-    let underlay = match underlay {
+    let mut underlay = match underlay {
         Ok(u) => u,
         Err(e) => {
             host.teardown(&netlink).await;
@@ -76,6 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    let batching = underlay.enable_batching();
+    info!(gso = batching.gso, gro = batching.gro, "underlay batching");
     let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     let identity = match &config.control {
@@ -172,7 +174,7 @@ async fn setup_networks(
                 link
             }
         };
-        let tap = Tap::open(&net.tap_name())?;
+        let tap = Tap::open(&net.tap_name(), false)?;
         let tap_link = netlink
             .link_by_name(tap.name())
             .await?

@@ -21,7 +21,7 @@ use overlay_proto::local::LocalEvent;
 use overlay_proto::{neighbor, MacAddr, Vni};
 
 use super::tap::Tap;
-use super::udp::Underlay;
+use super::udp::{recv_segments, Underlay};
 use super::waker::Waker;
 use crate::clock;
 
@@ -256,7 +256,8 @@ impl Datapath {
     fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], esp: bool) {
         for _ in 0..BATCH {
             let socket = if esp { &self.underlay.esp } else { &self.underlay.vxlan };
-            let (len, from) = match socket.recv_from(buf) {
+            // With UDP_GRO one receive returns several datagrams of one sender, back to back.
+            let (len, from, segment) = match recv_segments(socket, buf) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -264,14 +265,16 @@ impl Datapath {
                     return;
                 }
             };
-            let ingress = if esp {
-                self.forwarder.handle_esp(now, from.ip(), &mut buf[..len])
-            } else {
-                self.forwarder.handle_underlay(now, from.ip(), &buf[..len])
-            };
-            let Ok(ingress) = ingress else { continue };
-            if self.taps[ingress.network].send(&buf[ingress.frame]).is_err() {
-                self.tap_errors += 1;
+            for datagram in buf[..len].chunks_mut(segment) {
+                let ingress = if esp {
+                    self.forwarder.handle_esp(now, from.ip(), datagram)
+                } else {
+                    self.forwarder.handle_underlay(now, from.ip(), datagram)
+                };
+                let Ok(ingress) = ingress else { continue };
+                if self.taps[ingress.network].send(&datagram[ingress.frame]).is_err() {
+                    self.tap_errors += 1;
+                }
             }
         }
     }

@@ -15,8 +15,30 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// `_IOW('T', 202, int)` from linux/if_tun.h.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
+/// `struct virtio_net_hdr` without `num_buffers`.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// What the kernel agreed to hand weft unsegmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// Frames carry a virtio-net header; checksums may be partial; TCP comes as up to 64 KB superframes.
+    pub vnet_hdr: bool,
+    /// UDP comes as superframes too (USO, Linux 6.2+).
+    pub uso: bool,
+}
 
 /// Why a TAP could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +83,13 @@ struct IfReq {
 pub struct Tap {
     file: File,
     name: String,
+    offloads: Offloads,
 }
 
 impl Tap {
-    /// Creates (or attaches to) the TAP device `name`.
-    pub fn open(name: &str) -> Result<Self, TapError> {
+    /// Creates (or attaches to) the TAP device `name`. With `offload`, the TAP carries virtio-net headers and
+    /// accepts TSO/USO superframes and partial checksums; if the kernel refuses, it falls back to plain frames.
+    pub fn open(name: &str, offload: bool) -> Result<Self, TapError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TapError::Io { name: name.into(), source: io::Error::from(io::ErrorKind::InvalidInput) });
         }
@@ -79,7 +103,8 @@ impl Tap {
                 io::ErrorKind::PermissionDenied => TapError::PermissionDenied { name: name.into() },
                 _ => TapError::Io { name: name.into(), source: e },
             })?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+        let flags = IFF_TAP | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly sized, initialised ifreq that
         // outlives the call; TUNSETIFF only reads and writes within it.
@@ -92,7 +117,38 @@ impl Tap {
                 _ => TapError::Io { name: name.into(), source: e },
             });
         }
-        Ok(Self { file, name: name.into() })
+        let mut tap = Self { file, name: name.into(), offloads: Offloads::default() };
+        if offload {
+            tap.offloads = tap.enable_offloads();
+        }
+        Ok(tap)
+    }
+
+    /// Sets the header size and asks for checksum, TSO and (where the kernel has it) USO offload.
+    fn enable_offloads(&self) -> Offloads {
+        let fd = self.file.as_raw_fd();
+        let size = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which points at a live local.
+        if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ, &size as *const libc::c_int) } < 0 {
+            return Offloads::default();
+        }
+        let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, (tcp | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong) } == 0 {
+            return Offloads { vnet_hdr: true, uso: true };
+        }
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD, tcp as libc::c_ulong) } == 0 {
+            return Offloads { vnet_hdr: true, uso: false };
+        }
+        // The header is still there (IFF_VNET_HDR); without offloads it only ever says "nothing to do".
+        Offloads { vnet_hdr: true, uso: false }
+    }
+
+    /// The offloads in effect. When `vnet_hdr` is set, every frame read or written starts with a
+    /// [`VNET_HDR_LEN`]-byte virtio-net header.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     /// The interface name.
