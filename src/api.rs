@@ -108,7 +108,7 @@ fn stats_json(s: &Snapshot) -> Value {
         "rx_frames": f.rx_frames, "rx_bytes": f.rx_bytes, "learned": f.learned,
         "suppressed": f.suppressed, "kept_local": f.kept_local,
         "esp_sealed": f.esp_sealed, "esp_opened": f.esp_opened,
-        "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors,
+        "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors, "offload_errors": s.offload_errors,
         "drops": drops,
     })
 }

@@ -153,6 +153,13 @@ pub struct NodeConfig {
     /// Idle time after which learned FDB entries expire.
     #[serde(default = "default_ageing_secs")]
     pub ageing_secs: u64,
+    /// Take TSO/USO superframes and partial checksums from the TAP, and batch the underlay with UDP GSO/GRO.
+    #[serde(default = "default_true")]
+    pub offload: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One `[[network]]`.

@@ -76,8 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let batching = underlay.enable_batching();
-    info!(gso = batching.gso, gro = batching.gro, "underlay batching");
+    if config.node.offload {
+        let batching = underlay.enable_batching();
+        info!(gso = batching.gso, gro = batching.gro, "underlay batching");
+    }
     let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     let identity = match &config.control {
@@ -174,14 +176,15 @@ async fn setup_networks(
                 link
             }
         };
-        let tap = Tap::open(&net.tap_name(), false)?;
+        let tap = Tap::open(&net.tap_name(), config.node.offload)?;
         let tap_link = netlink
             .link_by_name(tap.name())
             .await?
             .with_context(|| format!("TAP {} vanished right after it was created", tap.name()))?;
+        let offloads = tap.offloads();
         host.taps.push(tap);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
-        info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, "network up");
+        info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, tso = offloads.vnet_hdr, uso = offloads.uso, "network up");
     }
     Ok(())
 }

@@ -15,6 +15,8 @@
 //! - [`forward`]: the per-host forwarding engine the daemon's data path drives; [`local`] discovers the endpoints
 //!   behind this host's TAPs.
 //! - [`neighbor`]: answers ARP requests and Neighbor Solicitations ([`wire::icmpv6`]) for suppression.
+//! - [`offload`]: the TAP's virtio-net header: splits TSO/USO superframes into wire frames with complete
+//!   checksums, and coalesces received TCP segments back into superframes (GRO), using [`wire::tcp`].
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
@@ -35,6 +37,7 @@ pub mod gossip;
 pub mod keying;
 pub mod local;
 pub mod neighbor;
+pub mod offload;
 pub mod rng;
 pub mod sim;
 pub mod types;

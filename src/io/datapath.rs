@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,9 +19,12 @@ use overlay_proto::fdb::Origin;
 use overlay_proto::forward::{ControlUpdate, Egress, ForwardStats, Forwarder, Port, HEADROOM, TAILROOM};
 use overlay_proto::keying::KeyEvent;
 use overlay_proto::local::LocalEvent;
+use overlay_proto::offload::{self, complete_checksum, gso, Coalescer, Push, VirtioNetHdr};
+use overlay_proto::wire::{udp, vxlan};
 use overlay_proto::{neighbor, MacAddr, Vni};
+use weft_crypto::esp;
 
-use super::tap::Tap;
+use super::tap::{Tap, VNET_HDR_LEN};
 use super::udp::{recv_segments, Underlay};
 use super::waker::Waker;
 use crate::clock;
@@ -29,6 +33,10 @@ use crate::clock;
 const BUFFER: usize = 65_536;
 /// Frames handled per ready descriptor before looking at the others, so no direction starves the other.
 const BATCH: usize = 64;
+/// Where received datagrams land in the buffer: after room for a virtio-net header.
+const RX_OFFSET: usize = 16;
+/// Most segments one superframe may be cut into (a 64 KB TSO frame at a small MSS).
+const MAX_SEGMENTS: usize = 512;
 /// Longest sleep in poll: bounds how late a stop request or a query is seen.
 const POLL_MS: i32 = 100;
 
@@ -77,6 +85,8 @@ pub struct Snapshot {
     pub tap_errors: u64,
     /// Failed underlay sends or receives.
     pub underlay_errors: u64,
+    /// TAP superframes that could not be segmented.
+    pub offload_errors: u64,
     /// Every live FDB entry.
     pub fdb: Vec<FdbRow>,
     /// Endpoints discovered behind the TAPs: (network index, MAC, addresses).
@@ -110,6 +120,16 @@ pub struct Datapath {
     targets: Vec<IpAddr>,
     /// A second buffer: each copy of a frame flooded on an encrypted network is sealed separately.
     scratch: Vec<u8>,
+    /// Where superframes are cut into segments and encapsulated, back to back.
+    seg: Vec<u8>,
+    lens: Vec<usize>,
+    datagrams: Vec<Range<usize>>,
+    /// Receive-side coalescing into `gro`, for the network in `coalescing`.
+    coalescer: Coalescer,
+    gro: Vec<u8>,
+    coalescing: Option<usize>,
+    /// Superframes or virtio headers that could not be handled.
+    offload_errors: u64,
     tap_errors: u64,
     underlay_errors: u64,
 }
@@ -137,6 +157,15 @@ impl Datapath {
             events,
             targets: Vec::with_capacity(64),
             scratch: vec![0u8; HEADROOM + BUFFER + TAILROOM],
+            // Each segment carries its own copy of the headers and the encapsulation, so cut frames take more
+            // room than the superframe did.
+            seg: vec![0u8; 4 * BUFFER],
+            lens: vec![0; MAX_SEGMENTS],
+            datagrams: Vec::with_capacity(MAX_SEGMENTS),
+            coalescer: Coalescer::new(),
+            gro: vec![0u8; VNET_HDR_LEN + BUFFER],
+            coalescing: None,
+            offload_errors: 0,
             tap_errors: 0,
             underlay_errors: 0,
         };
@@ -199,8 +228,11 @@ impl Datapath {
     }
 
     fn drain_tap(&mut self, now: Instant, network: usize, buf: &mut [u8]) {
+        let vnet = self.taps[network].offloads().vnet_hdr;
+        // With a virtio-net header, it lands in the headroom just in front of the frame.
+        let read_at = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
         for _ in 0..BATCH {
-            let len = match self.taps[network].recv(&mut buf[HEADROOM..]) {
+            let len = match self.taps[network].recv(&mut buf[read_at..HEADROOM + BUFFER]) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -208,7 +240,26 @@ impl Datapath {
                     return;
                 }
             };
-            let frame = HEADROOM..HEADROOM + len;
+            let frame = HEADROOM..read_at + len;
+            let mut superframe = None;
+            if vnet {
+                let Some(hdr) =
+                    (len >= VNET_HDR_LEN).then(|| VirtioNetHdr::parse(&buf[read_at..HEADROOM]).ok()).flatten()
+                else {
+                    self.offload_errors += 1;
+                    continue;
+                };
+                if hdr.gso_type == gso::NONE {
+                    if hdr.flags & offload::flags::NEEDS_CSUM != 0
+                        && complete_checksum(&hdr, &mut buf[frame.clone()]).is_err()
+                    {
+                        self.offload_errors += 1;
+                        continue;
+                    }
+                } else {
+                    superframe = Some(hdr);
+                }
+            }
             let egress = self.forwarder.handle_tap_frame(now, network, &buf[frame.clone()]);
             self.targets.clear();
             let flow = match &egress {
@@ -221,61 +272,159 @@ impl Datapath {
                     *flow
                 }
                 Egress::Answer { mac } => {
-                    // The reply goes into the buffer's tail, after the request.
+                    // The reply goes into the buffer's tail, after the request (and after room for a header).
                     let (request, rest) = buf.split_at_mut(frame.end);
-                    if let Some(len) = neighbor::answer(&request[frame.clone()], *mac, rest) {
-                        if self.taps[network].send(&rest[..len]).is_err() {
-                            self.tap_errors += 1;
-                        }
+                    if let Some(len) = neighbor::answer(&request[frame.clone()], *mac, &mut rest[VNET_HDR_LEN..]) {
+                        self.write_tap(network, rest, VNET_HDR_LEN..VNET_HDR_LEN + len);
                     }
                     continue;
                 }
                 Egress::Drop(_) | Egress::Local => continue,
             };
-            // Sealing consumes the plaintext: a flood on an encrypted network seals a fresh copy per VTEP.
-            let copy_each = self.forwarder.is_encrypted(network) && self.targets.len() > 1;
-            for i in 0..self.targets.len() {
-                let vtep = self.targets[i];
-                let target: &mut [u8] = if copy_each {
-                    self.scratch[frame.clone()].copy_from_slice(&buf[frame.clone()]);
-                    &mut self.scratch
-                } else {
-                    &mut *buf
-                };
-                let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, target, frame.clone())
-                else {
-                    continue;
-                };
-                if self.underlay.send(flow, vtep, port == Port::Esp, &target[datagram]).is_err() {
-                    self.underlay_errors += 1;
-                }
+            match superframe {
+                Some(hdr) => self.send_superframe(network, flow, &hdr, &buf[frame]),
+                None => self.send_frame(network, flow, buf, frame),
             }
         }
     }
 
-    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], esp: bool) {
+    /// Encapsulates one frame to every target. Sealing consumes the plaintext, so a flood on an encrypted network
+    /// seals a fresh copy per VTEP.
+    fn send_frame(&mut self, network: usize, flow: u32, buf: &mut [u8], frame: Range<usize>) {
+        let copy_each = self.forwarder.is_encrypted(network) && self.targets.len() > 1;
+        for i in 0..self.targets.len() {
+            let vtep = self.targets[i];
+            let target: &mut [u8] = if copy_each {
+                self.scratch[frame.clone()].copy_from_slice(&buf[frame.clone()]);
+                &mut self.scratch
+            } else {
+                &mut *buf
+            };
+            let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, target, frame.clone()) else {
+                continue;
+            };
+            let segment = datagram.len();
+            if self.underlay.send_segments(flow, vtep, port == Port::Esp, &target[datagram], segment).is_err() {
+                self.underlay_errors += 1;
+            }
+        }
+    }
+
+    /// Cuts a TSO/USO superframe into wire frames laid out so their datagrams sit back to back at one stride, then
+    /// hands each target all of them in as few UDP GSO sends as possible.
+    fn send_superframe(&mut self, network: usize, flow: u32, hdr: &VirtioNetHdr, superframe: &[u8]) {
+        let encrypted = self.forwarder.is_encrypted(network);
+        let front = vxlan::HEADER_LEN + if encrypted { udp::HEADER_LEN + esp::HEADER_LEN } else { 0 };
+        let Ok(longest) = offload::max_segment_len(hdr, superframe) else {
+            self.offload_errors += 1;
+            return;
+        };
+        let trailer =
+            if encrypted { esp::overhead(udp::HEADER_LEN + vxlan::HEADER_LEN + longest) - esp::HEADER_LEN } else { 0 };
+        let stride = front + longest + trailer;
+        for t in 0..self.targets.len() {
+            let vtep = self.targets[t];
+            // Re-cut for every target: encryption seals the segments in place.
+            let Ok(count) = offload::segment(hdr, superframe, &mut self.seg, front, stride, &mut self.lens) else {
+                self.offload_errors += 1;
+                return;
+            };
+            let (mut end, mut esp_port, mut contiguous) = (0, false, true);
+            self.datagrams.clear();
+            for i in 0..count {
+                let frame = i * stride + front..i * stride + front + self.lens[i];
+                let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, &mut self.seg, frame) else {
+                    continue;
+                };
+                contiguous &= datagram.start == end && (i + 1 == count || datagram.len() == stride);
+                end = datagram.end;
+                esp_port = port == Port::Esp;
+                self.datagrams.push(datagram);
+            }
+            let sent = if contiguous && !self.datagrams.is_empty() {
+                self.underlay.send_segments(flow, vtep, esp_port, &self.seg[..end], stride)
+            } else {
+                self.datagrams
+                    .iter()
+                    .try_for_each(|d| self.underlay.send_segments(flow, vtep, esp_port, &self.seg[d.clone()], d.len()))
+            };
+            if sent.is_err() {
+                self.underlay_errors += 1;
+            }
+        }
+    }
+
+    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], esp_socket: bool) {
         for _ in 0..BATCH {
-            let socket = if esp { &self.underlay.esp } else { &self.underlay.vxlan };
-            // With UDP_GRO one receive returns several datagrams of one sender, back to back.
-            let (len, from, segment) = match recv_segments(socket, buf) {
+            let socket = if esp_socket { &self.underlay.esp } else { &self.underlay.vxlan };
+            // With UDP_GRO one receive returns several datagrams of one sender, back to back. They land after room
+            // for a virtio-net header, so even the first frame can be written to the TAP in place.
+            let (len, from, segment) = match recv_segments(socket, &mut buf[RX_OFFSET..]) {
                 Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.underlay_errors += 1;
-                    return;
+                    break;
                 }
             };
-            for datagram in buf[..len].chunks_mut(segment) {
-                let ingress = if esp {
+            let mut start = RX_OFFSET;
+            while start < RX_OFFSET + len {
+                let end = (start + segment).min(RX_OFFSET + len);
+                let datagram = &mut buf[start..end];
+                let ingress = if esp_socket {
                     self.forwarder.handle_esp(now, from.ip(), datagram)
                 } else {
                     self.forwarder.handle_underlay(now, from.ip(), datagram)
                 };
-                let Ok(ingress) = ingress else { continue };
-                if self.taps[ingress.network].send(&datagram[ingress.frame]).is_err() {
-                    self.tap_errors += 1;
+                if let Ok(ingress) = ingress {
+                    let frame = start + ingress.frame.start..start + ingress.frame.end;
+                    self.deliver(ingress.network, buf, frame);
                 }
+                start = end;
             }
+        }
+        self.flush_coalesced();
+    }
+
+    /// Writes a received frame to its TAP, coalescing consecutive TCP segments of a flow into one superframe when
+    /// the TAP takes them.
+    fn deliver(&mut self, network: usize, buf: &mut [u8], frame: Range<usize>) {
+        if !self.taps[network].offloads().vnet_hdr {
+            self.write_tap(network, buf, frame);
+            return;
+        }
+        if self.coalescing != Some(network) {
+            self.flush_coalesced();
+            self.coalescing = Some(network);
+        }
+        if self.coalescer.push(&mut self.gro, &buf[frame.clone()]) == Push::Appended {
+            return;
+        }
+        self.flush_coalesced();
+        self.coalescing = Some(network);
+        if self.coalescer.push(&mut self.gro, &buf[frame.clone()]) == Push::NotMergeable {
+            self.write_tap(network, buf, frame);
+        }
+    }
+
+    fn flush_coalesced(&mut self) {
+        let (Some(network), Some(len)) = (self.coalescing, self.coalescer.finish(&mut self.gro)) else { return };
+        if self.taps[network].send(&self.gro[..len]).is_err() {
+            self.tap_errors += 1;
+        }
+    }
+
+    /// Writes one frame, putting an empty virtio-net header in the bytes in front of it when the TAP wants one.
+    fn write_tap(&mut self, network: usize, buf: &mut [u8], frame: Range<usize>) {
+        let start = if self.taps[network].offloads().vnet_hdr {
+            let start = frame.start - VNET_HDR_LEN;
+            VirtioNetHdr::default().emit(&mut buf[start..frame.start]);
+            start
+        } else {
+            frame.start
+        };
+        if self.taps[network].send(&buf[start..frame.end]).is_err() {
+            self.tap_errors += 1;
         }
     }
 
@@ -303,6 +452,7 @@ impl Datapath {
                     forward: self.forwarder.stats().clone(),
                     tap_errors: self.tap_errors,
                     underlay_errors: self.underlay_errors,
+                    offload_errors: self.offload_errors,
                     fdb,
                     local: self.forwarder.local_endpoints().iter().map(|(n, m, ips)| (n, m, ips.to_vec())).collect(),
                 });
