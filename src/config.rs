@@ -180,8 +180,9 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub learning: LearningMode,
     /// Carry frames as ESP-in-UDP with AES-GCM (keys agreed over the control plane, so `[control]` is needed).
+    /// Unset, it is on exactly when `[control]` is present; [`Config::parse`] resolves it.
     #[serde(default)]
-    pub encrypted: bool,
+    pub encrypted: Option<bool>,
     /// Static VTEPs of this network.
     #[serde(default)]
     pub peers: Vec<IpAddr>,
@@ -251,8 +252,13 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        // New networks are encrypted by default where keys can be agreed, that is, with a control plane.
+        let default_encrypted = config.control.is_some();
+        for net in &mut config.networks {
+            net.encrypted.get_or_insert(default_encrypted);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -329,7 +335,7 @@ impl Config {
                     ),
                 ));
             }
-            if net.encrypted && self.control.is_none() {
+            if net.is_encrypted() && self.control.is_none() {
                 return Err(invalid(
                     key("encrypted"),
                     "encryption keys are agreed over the control plane: add a [control] section, or set encrypted = false",
@@ -386,12 +392,17 @@ impl NetworkConfig {
         self.fdb.iter().filter_map(|e| Some((e.mac.parse().ok()?, e.vtep))).collect()
     }
 
+    /// Whether the network is encrypted (unset counts as no: [`Config::parse`] has resolved the default).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted == Some(true)
+    }
+
     /// Bytes the encapsulation adds on top of an inner IP packet, outer IP header included.
     pub fn overhead(&self, underlay: IpAddr) -> u32 {
         let outer_ip = if underlay.is_ipv4() { 20 } else { 40 };
         // ESP-in-UDP adds the outer UDP header, the ESP header (16), the worst-case padding (3), pad length and
         // next header (2) and the ICV (16) around the VXLAN datagram (inner UDP + VXLAN + Ethernet).
-        let esp = if self.encrypted { 8 + 16 + 3 + 2 + 16 } else { 0 };
+        let esp = if self.is_encrypted() { 8 + 16 + 3 + 2 + 16 } else { 0 };
         outer_ip + VXLAN_OVERHEAD_NO_IP + esp
     }
 
@@ -459,9 +470,23 @@ learning = "any"
         assert_eq!(c.networks[1].overlay_mtu(1, v4, 1500).unwrap(), 1400);
         let too_big = c.networks[1].overlay_mtu(1, v4, 1420).unwrap_err().to_string();
         assert!(too_big.contains("network[1].mtu") && too_big.contains("1370"), "{too_big}");
+        assert!(!c.networks[0].is_encrypted(), "without [control] networks are plaintext");
         let mut encrypted = c.networks[0].clone();
-        encrypted.encrypted = true;
+        encrypted.encrypted = Some(true);
         assert_eq!(encrypted.overlay_mtu(0, v4, 1500).unwrap(), 1500 - 20 - 30 - 45);
+    }
+
+    #[test]
+    fn networks_are_encrypted_by_default_with_a_control_plane() {
+        let control = "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n[node]";
+        let text = GOOD.replacen("[node]", control, 1).replacen(
+            "learning = \"any\"",
+            "learning = \"any\"\nencrypted = false",
+            1,
+        );
+        let c = Config::parse(&text).unwrap();
+        assert!(c.networks[0].is_encrypted(), "unset means encrypted with [control]");
+        assert!(!c.networks[1].is_encrypted(), "an explicit false stays false");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 vtep: config.node.underlay,
                 name: config.node.name.clone(),
                 vnis: config.networks.iter().map(|n| n.vni()).collect(),
-                keying: config.networks.iter().any(|n| n.encrypted).then(|| c.keying()),
+                keying: config.networks.iter().any(|n| n.is_encrypted()).then(|| c.keying()),
                 keylog: c.keylog.clone(),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
@@ -207,7 +207,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
                 peers: n.peers.clone(),
                 static_fdb: n.static_fdb(),
                 flood_limit: RateLimit::default(),
-                encrypted: n.encrypted,
+                encrypted: n.is_encrypted(),
             })
             .collect(),
     }
