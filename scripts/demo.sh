@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A first look at weft: three hosts (network namespaces made by scripts/lab.sh), one container each on net "blue",
-# joined by weft over plaintext VXLAN.
+# joined by weft: the hosts find each other by gossip over QUIC (mutual TLS, certificates from a fresh cluster CA)
+# and carry the network encrypted, as ESP-in-UDP with AES-GCM.
 #
 #   scripts/demo.sh [--keep]
 #     --keep   leave the lab and the daemons running at the end, and print how to take them down
 #
 # It builds weft (release), brings up lab "demo" (hosts 198.18.0.1-3, containers 198.19.0.11/21/31 and
-# 2001:db8:19:0::11/21/31), starts weft on each host with static peers, pings across hosts over IPv4 and IPv6, runs a
-# 5-second iperf3 between two containers, and shows `weft status` and `weft stats` of host 1. Needs root.
+# 2001:db8:19:0::11/21/31), creates a CA and one certificate per host, starts weft on each host with only a seed
+# address, pings across hosts over IPv4 and IPv6, runs a 5-second iperf3 between two containers, shows `weft status`,
+# `weft peers`, `weft stats` and `weft fdb` of host 1, and checks that the underlay carried only ESP. Needs root.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -89,28 +91,40 @@ cargo build --release -p weft
 section "lab: $HOSTS hosts, 1 container each on net blue"
 workdir=$(mktemp -d /tmp/weft-demo.XXXXXX)
 "$root/scripts/lab.sh" down "$LAB" # leftovers of an earlier run, if any
-say scripts/lab.sh up $LAB --hosts $HOSTS --containers 1
-"$root/scripts/lab.sh" up "$LAB" --hosts "$HOSTS" --containers 1
+# Encrypted VXLAN costs 95 bytes on a 1500-byte underlay: the containers get MTU 1400.
+say scripts/lab.sh up $LAB --hosts $HOSTS --containers 1 --cmtu 1400
+"$root/scripts/lab.sh" up "$LAB" --hosts "$HOSTS" --containers 1 --cmtu 1400
 "$root/scripts/lab.sh" list "$LAB"
 
-section "weft: one daemon per host"
+section "pki: a cluster CA and one certificate per host"
+say weft ca init --dir "$workdir/pki"
+"$weft" ca init --dir "$workdir/pki"
 for ((i = 1; i <= HOSTS; i++)); do
-    peers=""
-    for ((j = 1; j <= HOSTS; j++)); do
-        ((j == i)) || peers+="${peers:+, }\"198.18.0.$j\""
-    done
+    say weft ca issue --dir "$workdir/pki" --node h$i
+    "$weft" ca issue --dir "$workdir/pki" --node "h$i"
+done
+
+section "weft: one daemon per host, joined through host 1's address"
+for ((i = 1; i <= HOSTS; i++)); do
     cat >"$workdir/h$i.toml" <<EOF
 [node]
 name = "h$i"
 underlay = "198.18.0.$i"
 api_socket = "$workdir/h$i.sock"
 
+[control]
+ca = "$workdir/pki/ca.crt"
+cert = "$workdir/pki/h$i.crt"
+key = "$workdir/pki/h$i.key"
+seeds = ["198.18.0.1:7946"]
+
 [[network]]
 name = "blue"
 vni = $VNI
 subnet = "198.19.0.0/24"
 bridge = "br-blue"
-peers = [$peers]
+encrypted = true
+mtu = 1400
 EOF
     say ip netns exec $LAB-h$i weft run --config "$workdir/h$i.toml"
     NO_COLOR=1 ip netns exec "$LAB-h$i" "$weft" run --config "$workdir/h$i.toml" >"$workdir/h$i.log" 2>&1 &
@@ -126,6 +140,16 @@ for ((i = 1; i <= HOSTS; i++)); do
     fi
 done
 echo "all $HOSTS daemons ready"
+peers_agreed() {
+    "$weft" peers --socket "$workdir/h$1.sock" --json | grep -o '"epoch"' | wc -l | grep -qx "$((HOSTS - 1))"
+}
+for ((i = 1; i <= HOSTS; i++)); do
+    wait_for 15 "host $i to agree keys with every other host" peers_agreed "$i"
+done
+echo "gossip converged and every pair of hosts agreed keys"
+ip netns exec "$LAB-h1" tcpdump -ni ul0 -w "$workdir/underlay.pcap" 'udp port 4789 or udp port 4500' >/dev/null 2>&1 &
+capture=$!
+pids+=("$capture")
 
 section "ping across hosts, IPv4 and IPv6"
 for ((i = 2; i <= HOSTS; i++)); do
@@ -145,6 +169,18 @@ ip netns exec "$LAB-h1-blue-c1" iperf3 -c 198.19.0.21 -t 5 -f g
 
 section "weft status (host 1)"
 "$weft" status --socket "$workdir/h1.sock"
+
+section "weft peers (host 1): members and SA epochs"
+"$weft" peers --socket "$workdir/h1.sock"
+"$weft" peers --socket "$workdir/h1.sock" --json | grep -o '"epochs":\[[^]]*\]'
+
+section "the underlay carried only ESP"
+kill -INT "$capture" 2>/dev/null || true
+wait "$capture" 2>/dev/null || true
+esp=$(tcpdump -nr "$workdir/underlay.pcap" 'udp port 4500' 2>/dev/null | wc -l)
+vxlan=$(tcpdump -nr "$workdir/underlay.pcap" 'udp port 4789' 2>/dev/null | wc -l)
+echo "captured on host 1's underlay: $esp ESP-in-UDP packets (port 4500), $vxlan plaintext VXLAN packets (port 4789)"
+((esp > 0 && vxlan == 0)) || { echo "demo.sh: expected only ESP on the underlay" >&2; exit 1; }
 
 section "weft stats (host 1)"
 "$weft" stats --socket "$workdir/h1.sock"

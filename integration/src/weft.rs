@@ -102,10 +102,13 @@ impl WeftConfig {
     /// Lab host `i` with gossip and no static peers: for each `(net, vni)` the lab's bridge and subnet as in
     /// [`WeftConfig::for_host`], and a `[control]` section with `node`'s certificate and the control addresses of
     /// the lab hosts `seeds` as seeds.
+    /// The networks stay plaintext (`encrypted = false`), so tests can see the VXLAN on the underlay; the
+    /// encrypted tests set it themselves.
     pub fn with_gossip(lab: &Lab, i: usize, nets: &[(&str, u32)], node: &NodeCert, seeds: &[usize]) -> WeftConfig {
         let mut config = WeftConfig::for_host(lab, i, nets);
         for net in &mut config.networks {
             net.peers.clear();
+            net.extra.push("encrypted = false".into());
         }
         config.control = Some(WeftControl {
             ca: node.ca.clone(),
@@ -377,7 +380,7 @@ impl Ca {
         self.dir.join("ca.crt")
     }
 
-    /// `weft ca issue --dir DIR --node NODE --out OUT`; the id is read from what it prints ("node id <hex>, ...").
+    /// `weft ca issue --dir DIR --node NODE --out OUT`; the id is read from what it prints (`node id <hex>, ...`).
     pub fn issue(&self, node: &str, out: &Path) -> Result<NodeCert> {
         let args = ["ca", "issue", "--dir"]
             .map(std::ffi::OsStr::new)

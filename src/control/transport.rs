@@ -570,10 +570,9 @@ impl Inner {
             match state.expected.get(&addr) {
                 Some(&expected) if expected != id => Some(expected),
                 _ => {
-                    let replace = state.connections.get(&addr).is_none_or(|c| c.connection.close_reason().is_some());
-                    if replace {
-                        state.connections.insert(addr, Authenticated { connection: connection.clone(), id });
-                    }
+                    // The newest authenticated connection to an address carries what we send: a peer that
+                    // restarted dials in afresh while its previous life's connection only times out later.
+                    state.connections.insert(addr, Authenticated { connection: connection.clone(), id });
                     None
                 }
             }
