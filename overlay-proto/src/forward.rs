@@ -525,8 +525,8 @@ impl Forwarder {
         let start = datagram.start - udp::HEADER_LEN;
         let len = datagram.end - start;
         let mut header = udp::Packet::new_unchecked(&mut buf[start..datagram.start]);
-        // RFC 7348 §5: the source port carries the flow's entropy (the outer one is the ESP socket's); the
-        // checksum is zero, as VXLAN allows.
+        // RFC 7348 §5: the source port carries the flow's entropy (as the outer one does, from the send pool);
+        // the checksum is zero, as VXLAN allows.
         header.set_src_port(49152 + (flow % 16384) as u16);
         header.set_dst_port(self.vxlan_port);
         header.set_len(len as u16);
@@ -534,6 +534,11 @@ impl Forwarder {
         let sealed = sa.seal(buf, start..datagram.end).map_err(|_| self.stats.drop(DropReason::EspMalformed))?;
         self.stats.esp_sealed += 1;
         Ok((sealed, Port::Esp))
+    }
+
+    /// Whether an inbound SA with `spi` is installed.
+    pub fn knows_inbound(&self, spi: Spi) -> bool {
+        self.inbound.contains_key(&spi)
     }
 
     /// Whether network `network` is encrypted.

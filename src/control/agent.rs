@@ -327,9 +327,8 @@ impl Driver {
     /// Sends keying messages and hands SA changes to the data path (and the keylog).
     fn flush_keys(&mut self) {
         let Some(keyring) = &mut self.keyring else { return };
-        while let Some((to, bytes)) = keyring.poll_transmit() {
-            self.transport.send_message(to, Bytes::from(bytes));
-        }
+        // SA changes reach the data path's queue before the messages that let the peer use them go out; the data
+        // path applies its queue before it calls an SPI unknown (make-before-break).
         while let Some(event) = keyring.poll_event() {
             let local = self.config.vtep;
             match &event {
@@ -347,6 +346,9 @@ impl Driver {
             if self.datapath.send(Query::Key(event)).is_err() {
                 warn!("data path queue full: an SA change was dropped");
             }
+        }
+        while let Some((to, bytes)) = keyring.poll_transmit() {
+            self.transport.send_message(to, Bytes::from(bytes));
         }
     }
 }

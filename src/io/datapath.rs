@@ -217,9 +217,7 @@ impl Datapath {
                     self.emit(DatapathEvent::SaUsage(usage));
                 }
             }
-            while let Ok(query) = self.queries.try_recv() {
-                self.answer(now, query);
-            }
+            self.drain_queries(now);
             while let Some(event) = self.forwarder.poll_local_event() {
                 self.emit(DatapathEvent::Local(event));
             }
@@ -371,6 +369,11 @@ impl Datapath {
             while start < RX_OFFSET + len {
                 let end = (start + segment).min(RX_OFFSET + len);
                 let datagram = &mut buf[start..end];
+                // A peer switches to a new SA only after this host queued its install: apply the queue before
+                // calling the SPI unknown.
+                if esp_socket && esp::spi_of(datagram).is_some_and(|spi| !self.forwarder.knows_inbound(spi)) {
+                    self.drain_queries(now);
+                }
                 let ingress = if esp_socket {
                     self.forwarder.handle_esp(now, from.ip(), datagram)
                 } else {
@@ -425,6 +428,12 @@ impl Datapath {
         };
         if self.taps[network].send(&buf[start..frame.end]).is_err() {
             self.tap_errors += 1;
+        }
+    }
+
+    fn drain_queries(&mut self, now: Instant) {
+        while let Ok(query) = self.queries.try_recv() {
+            self.answer(now, query);
         }
     }
 
