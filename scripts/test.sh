@@ -2,9 +2,10 @@
 # weft's whole test run, as CI does it:
 #   setup (as root) → rustfmt check → clippy → release build of weft → unit and property tests
 #   → the namespace suite in integration/ (as root, one test at a time, ignored tests included)
+#   → every fuzz target for 10 s (scripts/fuzz.sh)
 #
 #   scripts/test.sh [--quick] [--only FILTER]
-#     --quick        skip setup.sh and clippy
+#     --quick        skip setup.sh, clippy and the fuzz run
 #     --only FILTER  run only the integration tests whose name contains FILTER
 #
 # The namespace suite needs root; as another user this script fails there, after the other steps.
@@ -74,6 +75,13 @@ leaked=$(comm -13 <(echo "$before") <(echo "$after") | sed '/^$/d')
 if [[ -n $leaked ]]; then
     echo "test.sh: namespaces appeared during the namespace suite and are still there: ${leaked//$'\n'/ }" >&2
     [[ ${CI:-} != true ]] || exit 1
+fi
+
+if ((quick)); then
+    section "fuzz: skipped (--quick)"
+else
+    section "fuzz: every target briefly (scripts/fuzz.sh --long runs them for hours)"
+    scripts/fuzz.sh --seconds 10
 fi
 
 section "all passed"

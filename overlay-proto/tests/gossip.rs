@@ -147,3 +147,22 @@ fn join_bytes(sim: &Sim, i: usize) -> Vec<u8> {
     probe.nodes[i].gossip.join(now, &[sim.addr(0)]);
     probe.nodes[i].gossip.poll_transmit().expect("join").payload
 }
+
+#[test]
+fn death_claims_above_the_announced_incarnation_are_refused() {
+    // Found by the gossip_node fuzz target: an unsigned claim with incarnation u64::MAX made the accused's
+    // refutation overflow, and would outbid every refutation after it.
+    let mut sim = cluster(3, 0.0);
+    let victim = sim.nodes[1].gossip.id();
+    let push = Message::Push { updates: vec![Update::Dead { id: victim, incarnation: u64::MAX }] }.to_bytes();
+    let (from, addr, now) = (sim.nodes[2].gossip.id(), sim.addr(2), sim.now);
+    let before = sim.nodes[0].gossip.stats().rejected;
+    sim.nodes[0].gossip.handle_message(now, from, addr, &push).unwrap();
+    assert_eq!(sim.nodes[0].gossip.stats().rejected, before + 1);
+    assert!(sim.nodes[0].gossip.is_live(&victim));
+    // Sent to the victim itself, it is refused too rather than refuted.
+    sim.nodes[1].gossip.handle_message(now, from, addr, &push).unwrap();
+    assert_eq!(sim.nodes[1].gossip.stats().refutations, 0);
+    sim.run_for(Duration::from_secs(3));
+    assert!((0..3).all(|i| sim.nodes[i].gossip.live_members().count() == 2));
+}

@@ -500,10 +500,14 @@ impl<A: Authenticator> Gossip<A> {
 
     fn apply_alive(&mut self, now: Instant, alive: SignedAlive) {
         if alive.id == self.id {
-            // An announcement of ours at or above our incarnation that is not our current one (a previous life's,
-            // or a forgery) is answered by moving past it.
+            // A signed announcement of ours at or above our incarnation that is not our current one comes from a
+            // previous life (a clock that went back): move past it. Unsigned ones are forgeries.
             if alive.incarnation >= self.me.incarnation && alive != self.me {
-                self.refute(now, alive.incarnation);
+                if self.auth.verify(&alive.credential, &alive.signed_bytes(), &alive.signature) {
+                    self.refute(now, alive.incarnation);
+                } else {
+                    self.stats.rejected += 1;
+                }
             }
             return;
         }
@@ -538,7 +542,25 @@ impl<A: Authenticator> Gossip<A> {
         self.rumor(Update::Alive(alive));
     }
 
+    /// Suspicion and death are unsigned claims, so they may only name incarnations the accused has announced
+    /// (signed): anything higher is a forgery that would otherwise outbid every refutation.
+    fn plausible_claim(&mut self, id: NodeId, incarnation: u64) -> bool {
+        let announced =
+            if id == self.id { Some(self.me.incarnation) } else { self.members.get(&id).map(|m| m.alive.incarnation) };
+        match announced {
+            Some(announced) if incarnation > announced => {
+                self.stats.rejected += 1;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     fn apply_suspect(&mut self, now: Instant, id: NodeId, incarnation: u64) {
+        if !self.plausible_claim(id, incarnation) {
+            return;
+        }
         if id == self.id {
             if incarnation >= self.me.incarnation {
                 self.refute(now, incarnation);
@@ -562,6 +584,9 @@ impl<A: Authenticator> Gossip<A> {
     }
 
     fn apply_dead(&mut self, now: Instant, id: NodeId, incarnation: u64) {
+        if !self.plausible_claim(id, incarnation) {
+            return;
+        }
         if id == self.id {
             if incarnation >= self.me.incarnation && !self.left {
                 self.refute(now, incarnation);
@@ -638,7 +663,7 @@ impl<A: Authenticator> Gossip<A> {
 
     fn refute(&mut self, now: Instant, incarnation: u64) {
         self.stats.refutations += 1;
-        self.me.incarnation = incarnation + 1;
+        self.me.incarnation = incarnation.saturating_add(1);
         self.me.signature = self.auth.sign(&self.me.signed_bytes());
         self.rumor(Update::Alive(self.me.clone()));
         self.next_gossip = now;

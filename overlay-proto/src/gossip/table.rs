@@ -111,7 +111,8 @@ impl Table {
             *origin = Origin { epoch: record.epoch, ..Origin::default() };
         }
         if record.value.is_none() && record.seq <= origin.horizon {
-            return None;
+            // Old news itself, but a new epoch may already have withdrawn the old one's records.
+            return (!changes.is_empty()).then_some(changes);
         }
         if let Some(existing) = origin.entries.get(&record.key) {
             if existing.record.seq >= record.seq {
@@ -247,6 +248,16 @@ mod tests {
         assert_eq!(t.apply(now, rec(0, 9, "y", Some("older"))), None);
         let changes = t.apply(now, rec(2, 1, "y", Some("new"))).unwrap();
         assert_eq!(changes, vec![Change::Removed { key: "x".into() }, set("y", "new")]);
+    }
+
+    #[test]
+    fn a_new_epoch_tombstone_still_reports_the_withdrawal() {
+        // Found by the gossip_node fuzz target: the removals of the old epoch were lost.
+        let now = Instant::now();
+        let mut t = Table::default();
+        t.apply(now, rec(1, 1, "a", Some("1")));
+        assert_eq!(t.apply(now, rec(2, 0, "a", None)), Some(vec![Change::Removed { key: "a".into() }]));
+        assert_eq!(t.origin(&NodeId([1; 16])).unwrap().live().count(), 0);
     }
 
     #[test]
