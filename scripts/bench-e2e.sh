@@ -5,7 +5,7 @@
 #   scripts/bench-e2e.sh [--time N] [--runs N] [--write]
 #     --time N   seconds per iperf3 run (default 10)
 #     --runs N   iperf3 runs per path; the median is reported (default 3)
-#     --write    also write the table to docs/performance.md, section "Plaintext, first figures"
+#     --write    also write the table to docs/performance.md, section "Plaintext: weft and kernel VXLAN, latest run"
 #
 # Per path: single-stream TCP (iperf3, container of host 1 -> container of host 2) and ICMP round trips
 # (ping -c 200 -i 0.01: p50 and p99). Lab "bench": hosts 198.18.0.1-2 on a 1500-MTU veth underlay, containers
@@ -185,7 +185,7 @@ if ((write)); then
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     new_section=$(
         cat <<EOF
-## Plaintext, first figures
+## Plaintext: weft and kernel VXLAN, latest run
 
 - Measured by \`scripts/bench-e2e.sh --time $time_s --runs $runs\` on $(date -u +%Y-%m-%d).
 - Machine: $(nproc) cores (${cpu:-unknown CPU}), kernel $(uname -r).
@@ -202,7 +202,7 @@ EOF
     fi
     # Replace the section if it is there (up to the next "## " heading), else append it.
     awk -v section="$new_section" '
-        /^## Plaintext, first figures$/ { print section; skipping = 1; done = 1; next }
+        /^## Plaintext: weft and kernel VXLAN, latest run$/ { print section; skipping = 1; done = 1; next }
         skipping && /^## / { skipping = 0; print "" }
         !skipping { print }
         END { if (!done) { print ""; print section } }
