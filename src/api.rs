@@ -130,7 +130,9 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
             "snapshots_requested": g.snapshots_requested, "undecodable_records": c.undecodable,
         },
         "keying": c.keying.as_ref().map(|k| json!({ "rekeys": k.rekeys, "refused": k.refused, "retries": k.retries })),
-        "epochs": c.epochs.iter().map(|(id, epoch, age)| json!({ "id": id, "epoch": epoch, "age_secs": age })).collect::<Vec<_>>(),
+        "epochs": c.epochs.iter().map(|(id, epoch, at)| {
+            json!({ "id": id, "epoch": epoch, "age_secs": crate::clock::now().saturating_duration_since(*at).as_secs() })
+        }).collect::<Vec<_>>(),
     })
 }
 

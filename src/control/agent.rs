@@ -61,8 +61,8 @@ pub struct ControlStatus {
     pub table_digest: u64,
     /// Key agreement counters, when a network is encrypted.
     pub keying: Option<KeyingStats>,
-    /// Current SA epoch per peer id: (epoch, seconds since it was agreed).
-    pub epochs: Vec<(String, u64, u64)>,
+    /// Current SA epoch per peer id: (epoch, when it was agreed).
+    pub epochs: Vec<(String, u64, std::time::Instant)>,
 }
 
 /// Settings of the control plane.
@@ -144,6 +144,7 @@ impl Agent {
             datapath,
             config,
             status: status.clone(),
+            digest_dirty: true,
         };
         let task = tokio::spawn(driver.run(events, datapath_events, shutdown_rx));
         Ok(Self { shutdown, task, status })
@@ -166,6 +167,8 @@ struct Driver {
     datapath: DatapathHandle,
     config: AgentConfig,
     status: Arc<Mutex<ControlStatus>>,
+    /// The record table changed (a gossip event, or a record of our own) since the status last showed it.
+    digest_dirty: bool,
 }
 
 impl Driver {
@@ -235,6 +238,7 @@ impl Driver {
 
     fn on_datapath(&mut self, event: DatapathEvent) {
         let now = clock::now();
+        self.digest_dirty = true;
         let event = match event {
             DatapathEvent::Local(event) => event,
             DatapathEvent::SaUsage(usage) => {
@@ -275,6 +279,7 @@ impl Driver {
         let mut members_changed = false;
         let now = clock::now();
         while let Some(event) = self.gossip.poll_event() {
+            self.digest_dirty = true;
             match &event {
                 Event::MemberUp { id, name, vtep, addr } => {
                     info!(peer = %name, id = ?id, %vtep, "member up");
@@ -298,7 +303,7 @@ impl Driver {
                 }
             }
         }
-        self.flush_keys();
+        let keys_changed = self.flush_keys();
         let Ok(mut status) = self.status.lock() else { return };
         if members_changed {
             status.members = self
@@ -310,26 +315,30 @@ impl Driver {
         }
         status.gossip = self.gossip.stats().clone();
         status.undecodable = self.directory.undecodable;
-        status.table_digest = self.gossip.table_digest();
+        // The digest and the epochs change only with gossip and key events; most loops handle a probe.
+        if std::mem::take(&mut self.digest_dirty) {
+            status.table_digest = self.gossip.table_digest();
+        }
         if let Some(keyring) = &self.keyring {
             status.keying = Some(keyring.stats().clone());
-            status.epochs = self
-                .gossip
-                .live_members()
-                .filter_map(|(id, _)| {
-                    let (epoch, at) = keyring.epoch(&id)?;
-                    Some((id.to_string(), epoch, now.saturating_duration_since(at).as_secs()))
-                })
-                .collect();
+            if keys_changed || members_changed {
+                status.epochs = self
+                    .gossip
+                    .live_members()
+                    .filter_map(|(id, _)| keyring.epoch(&id).map(|(epoch, at)| (id.to_string(), epoch, at)))
+                    .collect();
+            }
         }
     }
 
-    /// Sends keying messages and hands SA changes to the data path (and the keylog).
-    fn flush_keys(&mut self) {
-        let Some(keyring) = &mut self.keyring else { return };
+    /// Sends keying messages and hands SA changes to the data path (and the keylog). Returns whether SAs changed.
+    fn flush_keys(&mut self) -> bool {
+        let Some(keyring) = &mut self.keyring else { return false };
+        let mut changed = false;
         // SA changes reach the data path's queue before the messages that let the peer use them go out; the data
         // path applies its queue before it calls an SPI unknown (make-before-break).
         while let Some(event) = keyring.poll_event() {
+            changed = true;
             let local = self.config.vtep;
             match &event {
                 KeyEvent::InstallInbound { vtep, spi, keys, epoch } => {
@@ -350,6 +359,7 @@ impl Driver {
         while let Some((to, bytes)) = keyring.poll_transmit() {
             self.transport.send_message(to, Bytes::from(bytes));
         }
+        changed
     }
 }
 
