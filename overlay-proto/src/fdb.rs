@@ -5,10 +5,10 @@
 //! learned: learning never overwrites the other two, and learned entries alone age out after an idle time. The number of learned entries is bounded so a MAC flood from a peer cannot grow
 //! memory without limit.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::FastMap;
 use crate::{MacAddr, Vni};
 
 /// Where an FDB entry came from.
@@ -68,8 +68,8 @@ pub enum Learned {
 #[derive(Debug, Default)]
 pub struct Fdb {
     config: FdbConfig,
-    entries: HashMap<(Vni, MacAddr), Entry>,
-    flood: HashMap<Vni, Vec<IpAddr>>,
+    entries: FastMap<(Vni, MacAddr), Entry>,
+    flood: FastMap<Vni, Vec<IpAddr>>,
     learned: usize,
 }
 

@@ -15,7 +15,7 @@
 //! of it, asks for a decision, and then has [`encapsulate`] write the VXLAN header into that headroom. Every drop is
 //! returned as a [`DropReason`] and counted in [`ForwardStats`]; nothing is logged per packet.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use crate::keying::KeyEvent;
 use crate::local::{LocalEndpoints, LocalEvent};
 use crate::neighbor::{self, NeighborQuery};
 use crate::wire::{ethernet, udp, vxlan};
+use crate::FastMap;
 use crate::{flow, MacAddr, Vni};
 
 /// Bytes a caller keeps free in front of a frame so headers can be prepended in place: VXLAN (8), and for
@@ -326,19 +327,19 @@ pub struct Forwarder {
     local_vtep: IpAddr,
     flow_seed: u64,
     networks: Vec<Network>,
-    by_vni: HashMap<Vni, usize>,
+    by_vni: FastMap<Vni, usize>,
     fdb: Fdb,
     /// (VNI, IP) → MAC of remote endpoints, for ARP/ND suppression.
-    neighbors: HashMap<(Vni, IpAddr), MacAddr>,
+    neighbors: FastMap<(Vni, IpAddr), MacAddr>,
     /// The addresses each remote endpoint announced, to withdraw them with it.
-    remote_ips: HashMap<(Vni, MacAddr), Vec<IpAddr>>,
+    remote_ips: FastMap<(Vni, MacAddr), Vec<IpAddr>>,
     /// Endpoints behind this host's TAPs.
     local: LocalEndpoints,
     vxlan_port: u16,
     /// The current outbound SA per peer VTEP.
-    outbound: HashMap<IpAddr, Outbound>,
+    outbound: FastMap<IpAddr, Outbound>,
     /// Inbound SAs by SPI, with the VTEP that may use them.
-    inbound: HashMap<Spi, (IpAddr, Inbound)>,
+    inbound: FastMap<Spi, (IpAddr, Inbound)>,
     stats: ForwardStats,
 }
 
@@ -346,7 +347,7 @@ impl Forwarder {
     /// Builds the engine; `now` starts the rate limiters.
     pub fn new(config: ForwarderConfig, now: Instant) -> Self {
         let mut fdb = Fdb::new(config.fdb);
-        let mut by_vni = HashMap::new();
+        let mut by_vni = FastMap::default();
         let mut networks = Vec::with_capacity(config.networks.len());
         for (index, net) in config.networks.into_iter().enumerate() {
             for (mac, vtep) in &net.static_fdb {
@@ -374,12 +375,12 @@ impl Forwarder {
             networks,
             by_vni,
             fdb,
-            neighbors: HashMap::new(),
-            remote_ips: HashMap::new(),
+            neighbors: FastMap::default(),
+            remote_ips: FastMap::default(),
             local: LocalEndpoints::new(config.local_ageing, 16_384),
             vxlan_port: config.vxlan_port,
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
+            outbound: FastMap::default(),
+            inbound: FastMap::default(),
             stats: ForwardStats::default(),
         }
     }

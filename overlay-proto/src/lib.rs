@@ -43,4 +43,4 @@ pub mod sim;
 pub mod types;
 pub mod wire;
 
-pub use types::{MacAddr, NodeId, Vni, VniError};
+pub use types::{FastMap, MacAddr, NodeId, Vni, VniError};

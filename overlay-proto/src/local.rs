@@ -4,10 +4,11 @@
 //! The control plane announces what this finds, so remote hosts can forward unicast and answer neighbour queries
 //! without flooding. An endpoint that stays silent for the ageing time is withdrawn; its next frame brings it back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::FastMap;
 use crate::{neighbor, MacAddr};
 
 /// Most addresses remembered per endpoint; the oldest is forgotten first.
@@ -45,15 +46,15 @@ struct Local {
 pub struct LocalEndpoints {
     ageing: Duration,
     max: usize,
-    entries: HashMap<(usize, MacAddr), Local>,
-    by_ip: HashMap<(usize, IpAddr), MacAddr>,
+    entries: FastMap<(usize, MacAddr), Local>,
+    by_ip: FastMap<(usize, IpAddr), MacAddr>,
     events: VecDeque<LocalEvent>,
 }
 
 impl LocalEndpoints {
     /// Tracks at most `max` endpoints, each withdrawn after `ageing` of silence.
     pub fn new(ageing: Duration, max: usize) -> Self {
-        Self { ageing, max, entries: HashMap::new(), by_ip: HashMap::new(), events: VecDeque::new() }
+        Self { ageing, max, entries: FastMap::default(), by_ip: FastMap::default(), events: VecDeque::new() }
     }
 
     /// Learns from a frame read from network `network`'s TAP.
