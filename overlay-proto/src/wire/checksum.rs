@@ -7,11 +7,18 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The ones'-complement sum of `bytes` taken as big-endian 16-bit words; an odd last byte is padded with a zero.
+///
+/// This runs over every payload byte that weft segments or coalesces, so it sums 32-bit words in native byte order
+/// into a 64-bit accumulator (which the compiler vectorises) and swaps the folded result once: the ones'-complement
+/// sum does not depend on byte order, up to that swap (RFC 1071 §2(B)).
 pub fn data(bytes: &[u8]) -> u16 {
-    let mut words = bytes.chunks_exact(2);
-    // A u64 cannot overflow here: that would take more than 2^48 bytes.
-    let mut sum: u64 = words.by_ref().map(|word| u64::from(u16::from_be_bytes([word[0], word[1]]))).sum();
-    if let [last] = words.remainder() {
+    let mut words = bytes.chunks_exact(4);
+    // A u64 cannot overflow here: that would take more than 2^34 bytes.
+    let wide: u64 = words.by_ref().map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).sum();
+    let mut sum = u64::from(u16::from_be(fold(wide)));
+    let mut rest = words.remainder().chunks_exact(2);
+    sum += rest.by_ref().map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u64>();
+    if let [last] = rest.remainder() {
         sum += u64::from(*last) << 8;
     }
     fold(sum)
@@ -77,6 +84,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn wide_sum_matches_word_by_word(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut words = bytes.chunks_exact(2);
+            let mut naive: u64 = words.by_ref().map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+            if let [last] = words.remainder() {
+                naive += u64::from(*last) << 8;
+            }
+            prop_assert_eq!(data(&bytes), fold(naive));
+        }
+
         #[test]
         fn sum_splits_at_even_offsets(bytes in proptest::collection::vec(any::<u8>(), 0..256), at in 0usize..128) {
             let at = (at * 2).min(bytes.len() & !1);
