@@ -596,11 +596,24 @@ impl Coalescer {
     /// one; IP lengths within 16 bits; room in `buf`; and checksums that verify. A frame that fails its checksums
     /// is left for the caller to write alone, so that the kernel drops it.
     pub fn push(&mut self, buf: &mut [u8], frame: &[u8]) -> Push {
+        self.push_checked(buf, frame, true)
+    }
+
+    /// [`push`](Self::push) for a frame whose integrity is already proven end to end, by the ESP ICV of the packet
+    /// that carried it: its IP and TCP checksums are not summed again. The superframe is handed on with
+    /// `NEEDS_CSUM`, so the checksum the receiver sees is recomputed either way; what is skipped is only the
+    /// detection of corruption, which the ICV already did (and more strongly). Everything else is checked as in
+    /// `push`.
+    pub fn push_authenticated(&mut self, buf: &mut [u8], frame: &[u8]) -> Push {
+        self.push_checked(buf, frame, false)
+    }
+
+    fn push_checked(&mut self, buf: &mut [u8], frame: &[u8], verify: bool) -> Push {
         let Some(candidate) = Candidate::parse(frame) else {
             return Push::NotMergeable;
         };
         let Some(layout) = self.layout else {
-            return self.start(buf, frame, &candidate);
+            return self.start(buf, frame, &candidate, verify);
         };
         let end = VirtioNetHdr::LEN + self.len;
         let new_len = self.len + candidate.payload_len;
@@ -614,7 +627,7 @@ impl Coalescer {
             && ip_len <= MAX_IP_LEN
             && VirtioNetHdr::LEN + new_len <= buf.len()
             && self.matches(&buf[VirtioNetHdr::LEN..end], frame, &candidate)
-            && candidate.verify(frame);
+            && (!verify || candidate.verify(frame));
         if !mergeable {
             return Push::NotMergeable;
         }
@@ -668,8 +681,8 @@ impl Coalescer {
     }
 
     /// Starts a superframe with `frame`.
-    fn start(&mut self, buf: &mut [u8], frame: &[u8], candidate: &Candidate) -> Push {
-        if VirtioNetHdr::LEN + frame.len() > buf.len() || !candidate.verify(frame) {
+    fn start(&mut self, buf: &mut [u8], frame: &[u8], candidate: &Candidate, verify: bool) -> Push {
+        if VirtioNetHdr::LEN + frame.len() > buf.len() || (verify && !candidate.verify(frame)) {
             return Push::NotMergeable;
         }
         buf[VirtioNetHdr::LEN..VirtioNetHdr::LEN + frame.len()].copy_from_slice(frame);
@@ -1659,6 +1672,11 @@ mod tests {
         let mut coalescer = Coalescer::new();
         assert_eq!(coalescer.push(&mut buf, &corrupt(&first, first.len() - 1)), Push::NotMergeable);
         assert!(coalescer.is_empty());
+        // Frames an ICV already vouched for are not summed again: the same segments merge.
+        let mut coalescer = Coalescer::new();
+        assert_eq!(coalescer.push_authenticated(&mut buf, &first), Push::Appended);
+        assert_eq!(coalescer.push_authenticated(&mut buf, &corrupt(&second, second.len() - 1)), Push::Appended);
+        assert_eq!(coalescer.finish(&mut buf), Some(LEN + first.len() + MSS));
     }
 
     #[test]

@@ -381,7 +381,7 @@ impl Datapath {
                 };
                 if let Ok(ingress) = ingress {
                     let frame = start + ingress.frame.start..start + ingress.frame.end;
-                    self.deliver(ingress.network, buf, frame);
+                    self.deliver(ingress.network, buf, frame, esp_socket);
                 }
                 start = end;
             }
@@ -390,8 +390,9 @@ impl Datapath {
     }
 
     /// Writes a received frame to its TAP, coalescing consecutive TCP segments of a flow into one superframe when
-    /// the TAP takes them.
-    fn deliver(&mut self, network: usize, buf: &mut [u8], frame: Range<usize>) {
+    /// the TAP takes them. Frames that came out of ESP (`authenticated`, their ICV verified) are merged without
+    /// summing their checksums again.
+    fn deliver(&mut self, network: usize, buf: &mut [u8], frame: Range<usize>, authenticated: bool) {
         if !self.taps[network].offloads().vnet_hdr {
             self.write_tap(network, buf, frame);
             return;
@@ -400,12 +401,16 @@ impl Datapath {
             self.flush_coalesced();
             self.coalescing = Some(network);
         }
-        if self.coalescer.push(&mut self.gro, &buf[frame.clone()]) == Push::Appended {
+        let mut push = |coalescer: &mut Coalescer, gro: &mut [u8]| match authenticated {
+            true => coalescer.push_authenticated(gro, &buf[frame.clone()]),
+            false => coalescer.push(gro, &buf[frame.clone()]),
+        };
+        if push(&mut self.coalescer, &mut self.gro) == Push::Appended {
             return;
         }
         self.flush_coalesced();
         self.coalescing = Some(network);
-        if self.coalescer.push(&mut self.gro, &buf[frame.clone()]) == Push::NotMergeable {
+        if push(&mut self.coalescer, &mut self.gro) == Push::NotMergeable {
             self.write_tap(network, buf, frame);
         }
     }
