@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# End-to-end throughput and latency between two containers on two namespace hosts, through weft (plaintext VXLAN)
-# and, in the same run on the same lab, through the kernel's own VXLAN: the baseline weft is measured against.
+# End-to-end throughput and latency between two containers on two namespace hosts, through weft in plaintext, weft
+# encrypted (ESP-in-UDP, AES-128-GCM) and, in the same run on the same lab, the kernel's own VXLAN: the baseline weft
+# is measured against. Every ratio in the table is to the kernel's figure of the same run.
 #
-#   scripts/bench-e2e.sh [--time N] [--runs N] [--write]
-#     --time N   seconds per iperf3 run (default 10)
-#     --runs N   iperf3 runs per path; the median is reported (default 3)
-#     --write    also write the table to docs/performance.md, section "Plaintext: weft and kernel VXLAN, latest run"
+#   scripts/bench-e2e.sh [--time N] [--runs N] [--paths "weft esp kernel"] [--write]
+#     --time N    seconds per iperf3 TCP run (default 10; the 64-byte UDP runs take half)
+#     --runs N    runs per measurement; the median is reported (default 3)
+#     --paths P   which paths to measure, in this order (default "weft esp kernel")
+#     --write     also write the tables to docs/performance.md, section "End to end: weft and kernel VXLAN, latest run"
 #
-# Per path: single-stream TCP (iperf3, container of host 1 -> container of host 2) and ICMP round trips
-# (ping -c 200 -i 0.01: p50 and p99). Lab "bench": hosts 198.18.0.1-2 on a 1500-MTU veth underlay, containers
-# 198.19.0.11 and 198.19.0.21 (MTU 1450), VNI 100. Needs root. The kernel VXLAN runs as it comes (offloads on):
-# with a kernel at both ends, the inner checksums it leaves to the NIC are never checked by anyone who minds (see
-# docs/interop.md for why weft <-> kernel in a veth lab needs `ethtool -K ul0 tx off`).
+# Per path, container of host 1 -> container of host 2: TCP with one stream and with 8 (iperf3 -P 8), 64-byte UDP
+# datagrams received per second (iperf3 -u -l 64 -b 0), and ICMP round trips (ping -c 200 -i 0.01: p50 and p99).
+# Lab "bench": hosts 198.18.0.1-2 on a 1500-MTU veth underlay, containers 198.19.0.11 and 198.19.0.21, VNI 100.
+# Container MTU: 1450 for VXLAN (50 bytes of overhead), 1405 for ESP (95). Needs root. The kernel VXLAN runs as it
+# comes (offloads on): with a kernel at both ends, the inner checksums it leaves to the NIC are never checked by
+# anyone who minds (see docs/interop.md for why weft <-> kernel in a veth lab needs `ethtool -K ul0 tx off`).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,12 +23,14 @@ root=$PWD
 time_s=10
 runs=3
 write=0
+paths="weft esp kernel"
 while (($#)); do
     case $1 in
         --time) time_s=${2-}; shift 2 || true ;;
         --runs) runs=${2-}; shift 2 || true ;;
+        --paths) paths=${2-}; shift 2 || true ;;
         --write) write=1; shift ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-e2e.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -37,6 +42,13 @@ if ! [[ $runs =~ ^[0-9]+$ ]] || ((runs < 1)); then
     echo "bench-e2e.sh: --runs needs a number >= 1" >&2
     exit 2
 fi
+[[ -n ${paths// /} ]] || { echo "bench-e2e.sh: --paths is empty" >&2; exit 2; }
+for path in $paths; do
+    case $path in
+        weft | esp | kernel) ;;
+        *) echo "bench-e2e.sh: unknown path '$path' in --paths (known: weft esp kernel)" >&2; exit 2 ;;
+    esac
+done
 [[ $(id -u) -eq 0 ]] || { echo "bench-e2e.sh: must run as root (it creates network namespaces)" >&2; exit 1; }
 
 LAB=bench
@@ -47,6 +59,8 @@ PINGS=200
 weft=${CARGO_TARGET_DIR:-$root/target}/release/weft
 workdir=""
 pids=()
+weft_pids=()
+current=""
 
 section() { printf '\n===== %s =====\n' "$*" >&2; }
 log() { printf '%s\n' "$*" >&2; }
@@ -99,29 +113,131 @@ percentile() {
     sort -g | awk -v q="$1" '{ v[NR] = $1 } END { r = int(q / 100 * NR); if (r < q / 100 * NR) r++; if (r < 1) r = 1; print v[r] }'
 }
 
-# Measures the current path: sets the globals gbps (median), gbps_runs, p50, p99 (ms).
-measure() {
-    local name=$1 r bps rtts
-    wait_for 10 "a first ping over $name" ip netns exec "$C1" ping -c 1 -W 1 "$DST"
-    gbps_runs=""
+# Runs "$@" $runs times; each run prints one number. Sets the globals runs_out (the numbers) and med (their median).
+repeat() {
+    local what=$1 r value
+    shift
+    runs_out=""
     for ((r = 1; r <= runs; r++)); do
-        bps=$(ip netns exec "$C1" iperf3 -c "$DST" -t "$time_s" -J | jq '.end.sum_received.bits_per_second')
-        gbps_runs+="$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }') "
-        log "$name: run $r of $runs: $(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }') Gb/s"
+        value=$("$@")
+        [[ -n $value ]] || { log "$current: $what, run $r: no figure"; return 1; }
+        runs_out+="$value "
+        log "$current: $what, run $r of $runs: $value"
     done
-    gbps_runs=${gbps_runs% }
-    gbps=$(tr ' ' '\n' <<<"$gbps_runs" | median)
+    runs_out=${runs_out% }
+    med=$(tr ' ' '\n' <<<"$runs_out" | median)
+}
+
+# Gb/s received with $1 parallel TCP streams.
+tcp_gbps() {
+    ip netns exec "$C1" iperf3 -c "$DST" -t "$time_s" -P "$1" -J \
+        | jq '.end.sum_received.bits_per_second' | awk '{ printf "%.2f", $1 / 1e9 }'
+}
+
+# Thousands of 64-byte datagrams received per second, the sender going as fast as it can.
+udp_kpps() {
+    ip netns exec "$C1" iperf3 -c "$DST" -u -l 64 -b 0 -t "$(((time_s + 1) / 2))" -J \
+        | jq '.end.sum_received | .bytes / 64 / .seconds' | awk '{ printf "%.0f", $1 / 1e3 }'
+}
+
+# Measures the current path into R[<path>.<metric>].
+measure() {
+    local rtts
+    wait_for 30 "a first ping over $current" ip netns exec "$C1" ping -c 1 -W 1 "$DST"
+    repeat "TCP, 1 stream (Gb/s)" tcp_gbps 1
+    R[$current.tcp1]=$med R[$current.tcp1_runs]=$runs_out
+    repeat "TCP, 8 streams (Gb/s)" tcp_gbps 8
+    R[$current.tcp8]=$med R[$current.tcp8_runs]=$runs_out
+    repeat "UDP 64 B (kpps)" udp_kpps
+    R[$current.pps]=$med R[$current.pps_runs]=$runs_out
     rtts=$(ip netns exec "$C1" ping -n -c "$PINGS" -i 0.01 "$DST" | sed -n 's/.* time=\([0-9.]*\) ms$/\1/p')
-    (($(wc -l <<<"$rtts") == PINGS)) || { log "$name: only $(wc -l <<<"$rtts") of $PINGS pings answered"; return 1; }
-    p50=$(percentile 50 <<<"$rtts")
-    p99=$(percentile 99 <<<"$rtts")
-    log "$name: TCP median $gbps Gb/s ($gbps_runs); ping p50 $p50 ms, p99 $p99 ms"
+    (($(wc -l <<<"$rtts") == PINGS)) || { log "$current: only $(wc -l <<<"$rtts") of $PINGS pings answered"; return 1; }
+    R[$current.p50]=$(percentile 50 <<<"$rtts")
+    R[$current.p99]=$(percentile 99 <<<"$rtts")
+    log "$current: ping p50 ${R[$current.p50]} ms, p99 ${R[$current.p99]} ms"
+}
+
+# Sets both containers' MTU: the overlay MTU of the path.
+container_mtu() {
+    local i
+    for i in 1 2; do
+        ip -n "$LAB-h$i-blue-c1" link set eth0 mtu "$1"
+    done
+}
+
+# Starts weft on both hosts; $1 is plaintext or encrypted (which adds the gossip control plane that agrees keys).
+start_weft() {
+    local mode=$1 i control="" encrypted=false
+    if [[ $mode == encrypted ]]; then
+        encrypted=true
+        if [[ ! -f $workdir/pki/ca.crt ]]; then
+            "$weft" ca init --dir "$workdir/pki" --name bench >&2
+            for i in 1 2; do
+                "$weft" ca issue --dir "$workdir/pki" --node "h$i" >&2
+            done
+        fi
+    fi
+    for i in 1 2; do
+        [[ $mode != encrypted ]] || control="[control]
+ca = \"$workdir/pki/ca.crt\"
+cert = \"$workdir/pki/h$i.crt\"
+key = \"$workdir/pki/h$i.key\"
+seeds = [\"198.18.0.1:7946\"]"
+        cat >"$workdir/h$i.toml" <<EOF
+[node]
+name = "h$i"
+underlay = "198.18.0.$i"
+api_socket = "$workdir/h$i.sock"
+
+$control
+
+[[network]]
+name = "blue"
+vni = 100
+subnet = "198.19.0.0/24"
+bridge = "br-blue"
+encrypted = $encrypted
+peers = ["198.18.0.$((3 - i))"]
+EOF
+        ip netns exec "$LAB-h$i" "$weft" run --config "$workdir/h$i.toml" >"$workdir/h$i-$mode.log" 2>&1 &
+        pids+=("$!")
+        weft_pids+=("$!")
+    done
+    for i in 1 2; do
+        wait_for 10 "weft on host $i" "$weft" stats --socket "$workdir/h$i.sock" \
+            || { cat "$workdir/h$i-$mode.log" >&2; exit 1; }
+    done
+}
+
+stop_weft() {
+    local pid
+    for pid in "${weft_pids[@]}"; do
+        stop_pid "$pid"
+    done
+    weft_pids=()
+}
+
+start_kernel() {
+    local i
+    for i in 1 2; do
+        ip -n "$LAB-h$i" link add vx100 type vxlan id 100 dstport 4789 local "198.18.0.$i" dev ul0 nolearning
+        ip -n "$LAB-h$i" link set vx100 mtu 1450 master br-blue up
+        ip netns exec "$LAB-h$i" bridge fdb append 00:00:00:00:00:00 dev vx100 dst "198.18.0.$((3 - i))"
+    done
+}
+
+stop_kernel() {
+    local i
+    for i in 1 2; do
+        ip -n "$LAB-h$i" link del vx100
+    done
 }
 
 section "build: weft (release)"
 cargo build --release -p weft >&2
 
 section "lab"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 workdir=$(mktemp -d /tmp/weft-bench.XXXXXX)
 "$root/scripts/lab.sh" down "$LAB" >&2
 "$root/scripts/lab.sh" up "$LAB" --hosts 2 --containers 1 >&2
@@ -129,80 +245,66 @@ ip netns exec "$C2" iperf3 -s >"$workdir/iperf3-server.log" 2>&1 &
 pids+=("$!")
 wait_for 5 "iperf3 to listen" bash -c "ip netns exec $C2 ss -Htln 'sport = :5201' | grep -q ."
 
-section "weft (plaintext)"
-weft_pids=()
-for i in 1 2; do
-    cat >"$workdir/h$i.toml" <<EOF
-[node]
-name = "h$i"
-underlay = "198.18.0.$i"
-api_socket = "$workdir/h$i.sock"
-
-[[network]]
-name = "blue"
-vni = 100
-subnet = "198.19.0.0/24"
-bridge = "br-blue"
-peers = ["198.18.0.$((3 - i))"]
-EOF
-    ip netns exec "$LAB-h$i" "$weft" run --config "$workdir/h$i.toml" >"$workdir/h$i.log" 2>&1 &
-    pids+=("$!")
-    weft_pids+=("$!")
-done
-for i in 1 2; do
-    wait_for 10 "weft on host $i" "$weft" stats --socket "$workdir/h$i.sock" || { cat "$workdir/h$i.log" >&2; exit 1; }
-done
-measure weft
-weft_gbps=$gbps weft_runs=$gbps_runs weft_p50=$p50 weft_p99=$p99
-for pid in "${weft_pids[@]}"; do
-    stop_pid "$pid"
+declare -A R
+declare -A NAME=([weft]="weft, plaintext VXLAN" [esp]="weft, encrypted (ESP, AES-128-GCM)" [kernel]="kernel VXLAN")
+for current in $paths; do
+    section "${NAME[$current]}"
+    case $current in
+        weft) container_mtu 1450; start_weft plaintext; measure; stop_weft ;;
+        esp) container_mtu 1405; start_weft encrypted; measure; stop_weft ;;
+        kernel) container_mtu 1450; start_kernel; measure; stop_kernel ;;
+    esac
 done
 
-section "kernel VXLAN"
-for i in 1 2; do
-    ip -n "$LAB-h$i" link add vx100 type vxlan id 100 dstport 4789 local "198.18.0.$i" dev ul0 nolearning
-    ip -n "$LAB-h$i" link set vx100 mtu 1450 master br-blue up
-    ip netns exec "$LAB-h$i" bridge fdb append 00:00:00:00:00:00 dev vx100 dst "198.18.0.$((3 - i))"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+table="| path | TCP, 1 stream | TCP, 8 streams | UDP 64 B | ping p50 | ping p99 |
+| --- | --- | --- | --- | --- | --- |"
+for path in $paths; do
+    table+="
+| ${NAME[$path]} | ${R[$path.tcp1]} Gb/s | ${R[$path.tcp8]} Gb/s | ${R[$path.pps]} kpps | ${R[$path.p50]} ms | ${R[$path.p99]} ms |"
 done
-measure kernel
-kernel_gbps=$gbps kernel_runs=$gbps_runs kernel_p50=$p50 kernel_p99=$p99
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-table=$(
-    cat <<EOF
-| path | TCP, 1 stream (median) | runs (Gb/s) | ping p50 | ping p99 |
-| --- | --- | --- | --- | --- |
-| weft, plaintext VXLAN | $weft_gbps Gb/s | $weft_runs | $weft_p50 ms | $weft_p99 ms |
-| kernel VXLAN | $kernel_gbps Gb/s | $kernel_runs | $kernel_p50 ms | $kernel_p99 ms |
-| weft / kernel | $(ratio "$weft_gbps" "$kernel_gbps") | | $(ratio "$weft_p50" "$kernel_p50") | $(ratio "$weft_p99" "$kernel_p99") |
-EOF
-)
-section "results: $runs x ${time_s}s iperf3 and $PINGS pings per path"
-echo "$table"
+if [[ " $paths " == *" kernel "* ]]; then
+    for path in $paths; do
+        [[ $path != kernel ]] || continue
+        table+="
+| ${NAME[$path]} / kernel | $(ratio "${R[$path.tcp1]}" "${R[kernel.tcp1]}") | $(ratio "${R[$path.tcp8]}" "${R[kernel.tcp8]}") | $(ratio "${R[$path.pps]}" "${R[kernel.pps]}") | $(ratio "${R[$path.p50]}" "${R[kernel.p50]}") | $(ratio "${R[$path.p99]}" "${R[kernel.p99]}") |"
+    done
+fi
+runs_table="| path | TCP, 1 stream (Gb/s) | TCP, 8 streams (Gb/s) | UDP 64 B (kpps) |
+| --- | --- | --- | --- |"
+for path in $paths; do
+    runs_table+="
+| ${NAME[$path]} | ${R[$path.tcp1_runs]} | ${R[$path.tcp8_runs]} | ${R[$path.pps_runs]} |"
+done
+section "results: medians of $runs runs of ${time_s}s (UDP: $(((time_s + 1) / 2))s), $PINGS pings per path"
+printf '%s\n\nEvery run:\n%s\n' "$table" "$runs_table"
 
 if ((write)); then
     doc=$root/docs/performance.md
     cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-    new_section=$(
-        cat <<EOF
-## Plaintext: weft and kernel VXLAN, latest run
+    new_section="## End to end: weft and kernel VXLAN, latest run
 
-- Measured by \`scripts/bench-e2e.sh --time $time_s --runs $runs\` on $(date -u +%Y-%m-%d).
-- Machine: $(nproc) cores (${cpu:-unknown CPU}), kernel $(uname -r).
-- Lab: two namespace hosts on a 1500-MTU veth underlay, one container each (MTU 1450), VNI 100.
-- TCP: iperf3, one stream, container of host 1 to container of host 2, $runs runs of $time_s s; the median counts.
+- Measured by \`scripts/bench-e2e.sh --time $time_s --runs $runs --paths \"$paths\"\` on $(date -u +%Y-%m-%d), at
+  commit $(git -C "$root" rev-parse --short HEAD).
+- Machine: $(nproc) cores (${cpu:-unknown CPU}), kernel $(uname -r); load average before the run: $load_before.
+- Lab: two namespace hosts on a 1500-MTU veth underlay, one container each, VNI 100. Container MTU 1450 for VXLAN,
+  1405 for ESP.
+- TCP: iperf3 with 1 and with 8 streams, container of host 1 to container of host 2, $runs runs of $time_s s each;
+  the median counts. UDP: iperf3 -u -l 64 -b 0, datagrams received per second, $runs runs of $(((time_s + 1) / 2)) s.
 - Latency: $PINGS pings at 10 ms intervals, nearest-rank percentiles of the round-trip times.
-- Both paths in the same run on the same lab: weft first, then the kernel's VXLAN (as it comes) with weft stopped.
+- All paths in the same run on the same lab, one after the other, each with the others stopped.
 
 $table
-EOF
-    )
+
+Every run:
+
+$runs_table"
     if [[ ! -f $doc ]]; then
         printf '# Performance\n\nFigures measured on this project'"'"'s lab; each section says how it was measured.\n' >"$doc"
     fi
     # Replace the section if it is there (up to the next "## " heading), else append it.
     awk -v section="$new_section" '
-        /^## Plaintext: weft and kernel VXLAN, latest run$/ { print section; skipping = 1; done = 1; next }
+        /^## End to end: weft and kernel VXLAN, latest run$/ { print section; skipping = 1; done = 1; next }
         skipping && /^## / { skipping = 0; print "" }
         !skipping { print }
         END { if (!done) { print ""; print section } }
