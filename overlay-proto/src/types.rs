@@ -150,6 +150,12 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// The hash map of the per-packet tables (FDB, SAs, local endpoints, neighbours): foldhash instead of SipHash. The
+/// keys are MACs, VNIs, addresses and SPIs, hashed on every frame; SipHash was the largest cost of the forwarding
+/// decision after the AEAD (callgrind: 47% of `handle_tap_frame`). foldhash is seeded per process, which keeps
+/// some resistance to keys chosen to collide; the tables are bounded besides.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,9 +180,3 @@ mod tests {
         }
     }
 }
-
-/// The hash map of the per-packet tables (FDB, SAs, local endpoints, neighbours): foldhash instead of SipHash. The
-/// keys are MACs, VNIs, addresses and SPIs, hashed on every frame; SipHash was the largest cost of the forwarding
-/// decision after the AEAD (callgrind: 47% of `handle_tap_frame`). foldhash is seeded per process, which keeps
-/// some resistance to keys chosen to collide; the tables are bounded besides.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -401,7 +401,7 @@ impl Datapath {
             self.flush_coalesced();
             self.coalescing = Some(network);
         }
-        let mut push = |coalescer: &mut Coalescer, gro: &mut [u8]| match authenticated {
+        let push = |coalescer: &mut Coalescer, gro: &mut [u8]| match authenticated {
             true => coalescer.push_authenticated(gro, &buf[frame.clone()]),
             false => coalescer.push(gro, &buf[frame.clone()]),
         };
