@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use overlay_proto::MacAddr;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use overlay_proto::MacAddr;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 /// A netlink request failed: what weft was doing, and what the kernel said.

@@ -209,9 +209,7 @@ impl Queue {
     fn kick(&mut self) {
         for _ in 0..MAX_KICKS {
             // SAFETY: a zero-length sendto on our own AF_XDP socket, the documented TX wakeup.
-            let rc = unsafe {
-                libc::sendto(self.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
-            };
+            let rc = unsafe { libc::sendto(self.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
             let again = rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
             if !again || self.tx.nb_free_exact() == self.tx_size {
                 return;

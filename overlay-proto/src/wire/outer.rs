@@ -134,13 +134,25 @@ impl Inbound {
                     return Err(WireError::Unsupported);
                 }
                 let udp_start = ip_start + ipv4::HEADER_LEN;
-                (IpAddr::V4(ip.src_addr), IpAddr::V4(ip.dst_addr), udp_start, udp_start + ip.payload_len, ip.next_header)
+                (
+                    IpAddr::V4(ip.src_addr),
+                    IpAddr::V4(ip.dst_addr),
+                    udp_start,
+                    udp_start + ip.payload_len,
+                    ip.next_header,
+                )
             }
             ethernet::ethertype::IPV6 => {
                 let packet = ipv6::Packet::new_checked(&frame[ip_start..])?;
                 let ip = ipv6::Repr::parse(&packet)?;
                 let udp_start = ip_start + ipv6::HEADER_LEN;
-                (IpAddr::V6(ip.src_addr), IpAddr::V6(ip.dst_addr), udp_start, udp_start + ip.payload_len, ip.next_header)
+                (
+                    IpAddr::V6(ip.src_addr),
+                    IpAddr::V6(ip.dst_addr),
+                    udp_start,
+                    udp_start + ip.payload_len,
+                    ip.next_header,
+                )
             }
             _ => return Err(WireError::Unsupported),
         };

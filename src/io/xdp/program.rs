@@ -142,11 +142,7 @@ impl XdpProgram {
         // SAFETY: `prog` belongs to the loaded object.
         program.prog_fd = unsafe { bpf::bpf_program__fd(prog) };
         program.xsks_fd = xsks_fd;
-        let mut config = Config {
-            vxlan_port: vxlan_port.to_be(),
-            esp_port: esp_port.to_be(),
-            ..Config::default()
-        };
+        let mut config = Config { vxlan_port: vxlan_port.to_be(), esp_port: esp_port.to_be(), ..Config::default() };
         match underlay {
             IpAddr::V4(v4) => {
                 config.ipv4 = u32::from_ne_bytes(v4.octets());
