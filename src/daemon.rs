@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let underlay = setup.and_then(|()| {
         Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
     });
-    let mut underlay = match underlay {
+    let underlay = match underlay {
         Ok(u) => u,
         Err(e) => {
             host.teardown(&netlink).await;
@@ -78,10 +78,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    if config.node.offload {
-        let batching = underlay.enable_batching();
-        info!(gso = batching.gso, gro = batching.gro, "underlay batching");
-    }
     let underlay = open_underlay(&config, &netlink, &underlay_link, underlay);
     let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,9 +136,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// The underlay the worker uses: the UDP sockets, or AF_XDP on the underlay link when configured and possible.
 /// Whatever the mode, a weft XDP program a killed weft left on the link is removed first.
 fn open_underlay(config: &Config, netlink: &Netlink, link: &Link, udp: Underlay) -> Box<dyn UnderlayIo> {
+    // UDP GSO and GRO only for the UDP underlay: with AF_XDP the sockets just catch what XDP leaves to the kernel, and
+    // GRO for them would make a generic-mode XDP program see whole coalesced super-packets.
+    let batched = |mut udp: Underlay| {
+        if config.node.offload {
+            let batching = udp.enable_batching();
+            info!(gso = batching.gso, gro = batching.gro, "underlay batching");
+        }
+        Box::new(udp)
+    };
     program::remove_stale(link.index, &link.name);
     if config.node.underlay_mode == UnderlayMode::Udp {
-        return Box::new(udp);
+        return batched(udp);
     }
     let xdp_link = XdpLink { index: link.index, name: link.name.clone(), mtu: link.mtu, mac: link.mac };
     let (vxlan_port, esp_port) = (config.node.vxlan_port, config.node.esp_port);
@@ -153,7 +158,7 @@ fn open_underlay(config: &Config, netlink: &Netlink, link: &Link, udp: Underlay)
         }
         Err((e, udp)) => {
             warn!(link = %link.name, "underlay_mode af_xdp is unavailable, falling back to the udp underlay: {e}");
-            Box::new(udp)
+            batched(udp)
         }
     }
 }

@@ -441,14 +441,14 @@ impl UnderlayIo for XdpUnderlay {
         datagrams: &[u8],
         segment: usize,
     ) -> io::Result<()> {
+        if vtep.is_ipv4() != self.local.is_ipv4() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "VTEP of the other address family"));
+        }
         let count = datagrams.len().div_ceil(segment.max(1));
         let Some(dst_mac) = self.neighbours.lookup(vtep) else {
             self.stats.neighbour_misses += count as u64;
             return Ok(());
         };
-        if vtep.is_ipv4() != self.local.is_ipv4() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "VTEP of the other address family"));
-        }
         let outer = Outer {
             src_mac: self.local_mac,
             dst_mac,

@@ -66,7 +66,9 @@ impl Outer {
             return Err(WireError::Truncated);
         }
         let udp_len = udp::HEADER_LEN + payload_len;
-        if udp_len > usize::from(u16::MAX) - ipv4::HEADER_LEN {
+        // IPv4's total length field covers its own header too; IPv6's payload length does not.
+        let ip_overhead = if self.src.is_ipv4() { ipv4::HEADER_LEN } else { 0 };
+        if udp_len + ip_overhead > usize::from(u16::MAX) {
             return Err(WireError::Unsupported);
         }
         let ethertype = if self.src.is_ipv4() { ethernet::ethertype::IPV4 } else { ethernet::ethertype::IPV6 };
