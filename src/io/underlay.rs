@@ -53,6 +53,13 @@ pub struct UnderlayStats {
     pub tx_ring_full: u64,
     /// Datagrams the kernel passed to the UDP sockets anyway (fragments, IP options: what XDP leaves to it).
     pub kernel_rx: u64,
+    /// The kernel's AF_XDP statistics, summed over the sockets: frames dropped because the RX ring was full, dropped
+    /// for other reasons (too long for a frame, no fill descriptor), and times the fill ring was found empty.
+    pub xsk_rx_ring_full: u64,
+    /// See `xsk_rx_ring_full`.
+    pub xsk_rx_dropped: u64,
+    /// See `xsk_rx_ring_full`.
+    pub xsk_fill_empty: u64,
 }
 
 /// The underlay as the worker uses it.

@@ -473,7 +473,16 @@ impl UnderlayIo for XdpUnderlay {
     }
 
     fn stats(&self) -> UnderlayStats {
-        self.stats.clone()
+        let mut stats = self.stats.clone();
+        for queue in &self.queues {
+            // A socket that cannot say (an old kernel) simply adds nothing.
+            if let Ok(s) = queue.rx.fd().xdp_statistics() {
+                stats.xsk_rx_ring_full += s.rx_ring_full();
+                stats.xsk_rx_dropped += s.rx_dropped();
+                stats.xsk_fill_empty += s.rx_fill_ring_empty_descs();
+            }
+        }
+        stats
     }
 }
 
