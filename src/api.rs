@@ -110,6 +110,16 @@ fn stats_json(s: &Snapshot) -> Value {
         "esp_sealed": f.esp_sealed, "esp_opened": f.esp_opened,
         "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors, "offload_errors": s.offload_errors,
         "drops": drops,
+        "underlay": underlay_json(&s.underlay),
+    })
+}
+
+fn underlay_json(u: &crate::io::underlay::UnderlayStats) -> Value {
+    json!({
+        "mode": u.mode, "xsk_bind": u.xsk_bind, "xdp_attach": u.xdp_attach, "xsk_sockets": u.xsk_sockets,
+        "xsk_rx": u.xsk_rx, "xsk_tx": u.xsk_tx, "xsk_rx_malformed": u.xsk_rx_malformed,
+        "neighbour_misses": u.neighbour_misses, "tx_ring_full": u.tx_ring_full, "kernel_rx": u.kernel_rx,
+        "xsk_rx_ring_full": u.xsk_rx_ring_full, "xsk_rx_dropped": u.xsk_rx_dropped, "xsk_fill_empty": u.xsk_fill_empty,
     })
 }
 

@@ -156,6 +156,21 @@ pub struct NodeConfig {
     /// Take TSO/USO superframes and partial checksums from the TAP, and batch the underlay with UDP GSO/GRO.
     #[serde(default = "default_true")]
     pub offload: bool,
+    /// How datagrams reach the underlay: the kernel's UDP sockets, or AF_XDP sockets past the kernel's stack.
+    #[serde(default)]
+    pub underlay_mode: UnderlayMode,
+}
+
+/// `node.underlay_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum UnderlayMode {
+    /// The kernel's UDP stack, with GSO and GRO.
+    #[default]
+    #[serde(rename = "udp")]
+    Udp,
+    /// AF_XDP sockets fed by weft's XDP program on the underlay link; falls back to `udp` if it cannot attach.
+    #[serde(rename = "af_xdp")]
+    AfXdp,
 }
 
 fn default_true() -> bool {
@@ -471,6 +486,9 @@ learning = "any"
         let too_big = c.networks[1].overlay_mtu(1, v4, 1420).unwrap_err().to_string();
         assert!(too_big.contains("network[1].mtu") && too_big.contains("1370"), "{too_big}");
         assert!(!c.networks[0].is_encrypted(), "without [control] networks are plaintext");
+        assert_eq!(c.node.underlay_mode, UnderlayMode::Udp);
+        let xdp = Config::parse(&GOOD.replacen("[node]", "[node]\nunderlay_mode = \"af_xdp\"", 1)).unwrap();
+        assert_eq!(xdp.node.underlay_mode, UnderlayMode::AfXdp);
         let mut encrypted = c.networks[0].clone();
         encrypted.encrypted = Some(true);
         assert_eq!(encrypted.overlay_mtu(0, v4, 1500).unwrap(), 1500 - 20 - 30 - 45);
@@ -506,6 +524,7 @@ learning = "any"
             ("mac = \"02:00:00:00:00:01\"", "mac = \"02:00:00:00:00\"", "network[0].fdb[0].mac"),
             ("learning = \"any\"", "learning = \"any\"\nlearnign = \"off\"", "learnign"),
             ("learning = \"any\"", "learning = \"sometimes\"", "learning"),
+            ("[node]", "[node]\nunderlay_mode = \"xdp\"", "underlay_mode"),
             ("[node]", "[node]\nvxlan_prot = 4789", "vxlan_prot"),
             ("mtu = 1400", "mtu = \"big\"", "mtu"),
             (

@@ -20,13 +20,15 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, UnderlayMode};
 use crate::control::agent::{Agent, AgentConfig};
 use crate::control::pki::NodeIdentity;
 use crate::io::datapath::Datapath;
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
+use crate::io::underlay::UnderlayIo;
+use crate::io::xdp::{program, XdpLink, XdpUnderlay};
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
 fn bridge_alias(network: &str) -> String {
@@ -68,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let underlay = setup.and_then(|()| {
         Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
     });
-    let mut underlay = match underlay {
+    let underlay = match underlay {
         Ok(u) => u,
         Err(e) => {
             host.teardown(&netlink).await;
@@ -76,10 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    if config.node.offload {
-        let batching = underlay.enable_batching();
-        info!(gso = batching.gso, gro = batching.gro, "underlay batching");
-    }
+    let underlay = open_underlay(&config, &netlink, &underlay_link, underlay);
     let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     let identity = match &config.control {
@@ -132,6 +131,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     host.teardown(&netlink).await;
     info!("stopped");
     outcome
+}
+
+/// The underlay the worker uses: the UDP sockets, or AF_XDP on the underlay link when configured and possible.
+/// Whatever the mode, a weft XDP program a killed weft left on the link is removed first.
+fn open_underlay(config: &Config, netlink: &Netlink, link: &Link, udp: Underlay) -> Box<dyn UnderlayIo> {
+    // UDP GSO and GRO only for the UDP underlay: with AF_XDP the sockets just catch what XDP leaves to the kernel, and
+    // GRO for them would make a generic-mode XDP program see whole coalesced super-packets.
+    let batched = |mut udp: Underlay| {
+        if config.node.offload {
+            let batching = udp.enable_batching();
+            info!(gso = batching.gso, gro = batching.gro, "underlay batching");
+        }
+        Box::new(udp)
+    };
+    program::remove_stale(link.index, &link.name);
+    if config.node.underlay_mode == UnderlayMode::Udp {
+        return batched(udp);
+    }
+    let xdp_link = XdpLink { index: link.index, name: link.name.clone(), mtu: link.mtu, mac: link.mac };
+    let (vxlan_port, esp_port) = (config.node.vxlan_port, config.node.esp_port);
+    match XdpUnderlay::open(udp, &xdp_link, config.node.underlay, vxlan_port, esp_port, netlink.handle()) {
+        Ok(xdp) => {
+            info!(link = %link.name, "underlay: af_xdp, {}", xdp.describe());
+            Box::new(xdp)
+        }
+        Err((e, udp)) => {
+            warn!(link = %link.name, "underlay_mode af_xdp is unavailable, falling back to the udp underlay: {e}");
+            batched(udp)
+        }
+    }
 }
 
 async fn wait_for_exit(worker: &std::thread::JoinHandle<std::io::Result<Vec<Tap>>>) -> anyhow::Result<()> {

@@ -25,7 +25,7 @@ use overlay_proto::{neighbor, MacAddr, Vni};
 use weft_crypto::esp;
 
 use super::tap::{Tap, VNET_HDR_LEN};
-use super::udp::{recv_segments, Underlay};
+use super::underlay::{UnderlayIo, UnderlayStats};
 use super::waker::Waker;
 use crate::clock;
 
@@ -87,6 +87,8 @@ pub struct Snapshot {
     pub underlay_errors: u64,
     /// TAP superframes that could not be segmented.
     pub offload_errors: u64,
+    /// The underlay's own counters.
+    pub underlay: UnderlayStats,
     /// Every live FDB entry.
     pub fdb: Vec<FdbRow>,
     /// Endpoints discovered behind the TAPs: (network index, MAC, addresses).
@@ -111,7 +113,7 @@ pub struct FdbRow {
 pub struct Datapath {
     forwarder: Forwarder,
     taps: Vec<Tap>,
-    underlay: Underlay,
+    underlay: Box<dyn UnderlayIo>,
     stop: Arc<AtomicBool>,
     queries: crossbeam_channel::Receiver<Query>,
     waker: Arc<Waker>,
@@ -140,7 +142,7 @@ impl Datapath {
     pub fn new(
         forwarder: Forwarder,
         taps: Vec<Tap>,
-        underlay: Underlay,
+        underlay: Box<dyn UnderlayIo>,
         stop: Arc<AtomicBool>,
         events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
     ) -> io::Result<(Self, DatapathHandle)> {
@@ -179,7 +181,8 @@ impl Datapath {
             .taps
             .iter()
             .map(|t| t.as_raw_fd())
-            .chain([self.underlay.vxlan.as_raw_fd(), self.underlay.esp.as_raw_fd(), self.waker.as_raw_fd()])
+            .chain(self.underlay.poll_fds())
+            .chain([self.waker.as_raw_fd()])
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let mut next_tick = clock::now() + Duration::from_secs(1);
@@ -194,23 +197,24 @@ impl Datapath {
                 return Err(e);
             }
             let now = clock::now();
-            let (tap_fds, underlay_fd) = fds.split_at(self.taps.len());
+            let (tap_fds, rest) = fds.split_at(self.taps.len());
+            let (underlay_fds, waker_fd) = rest.split_at(rest.len() - 1);
             for (network, fd) in tap_fds.iter().enumerate() {
                 if fd.revents != 0 {
                     self.drain_tap(now, network, &mut buf);
                 }
             }
-            if underlay_fd[0].revents != 0 {
-                self.drain_underlay(now, &mut buf, false);
+            for (source, fd) in underlay_fds.iter().enumerate() {
+                if fd.revents != 0 {
+                    self.drain_underlay(now, &mut buf, source);
+                }
             }
-            if underlay_fd[1].revents != 0 {
-                self.drain_underlay(now, &mut buf, true);
-            }
-            if underlay_fd[2].revents != 0 {
+            if waker_fd[0].revents != 0 {
                 self.waker.reset();
             }
             if now >= next_tick {
                 self.forwarder.handle_timeout(now);
+                self.underlay.handle_timeout(now);
                 next_tick = now + Duration::from_secs(1);
                 let usage: Vec<_> = self.forwarder.sa_usage().collect();
                 if !usage.is_empty() {
@@ -352,13 +356,12 @@ impl Datapath {
         }
     }
 
-    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], esp_socket: bool) {
+    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], source: usize) {
         for _ in 0..BATCH {
-            let socket = if esp_socket { &self.underlay.esp } else { &self.underlay.vxlan };
             // With UDP_GRO one receive returns several datagrams of one sender, back to back. They land after room
             // for a virtio-net header, so even the first frame can be written to the TAP in place.
-            let (len, from, segment) = match recv_segments(socket, &mut buf[RX_OFFSET..]) {
-                Ok(received) => received,
+            let (len, from, segment, esp_socket) = match self.underlay.recv(source, &mut buf[RX_OFFSET..]) {
+                Ok(r) => (r.len, r.from, r.segment, r.esp),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.underlay_errors += 1;
@@ -467,6 +470,7 @@ impl Datapath {
                     tap_errors: self.tap_errors,
                     underlay_errors: self.underlay_errors,
                     offload_errors: self.offload_errors,
+                    underlay: self.underlay.stats(),
                     fdb,
                     local: self.forwarder.local_endpoints().iter().map(|(n, m, ips)| (n, m, ips.to_vec())).collect(),
                 });

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use overlay_proto::MacAddr;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
@@ -41,16 +42,19 @@ pub struct Link {
     pub mtu: u32,
     /// `ifalias`, which marks bridges weft created.
     pub alias: Option<String>,
+    /// The link-layer address, when it is an Ethernet one.
+    pub mac: Option<overlay_proto::MacAddr>,
 }
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None };
+        let mut link = Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None, mac: None };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
                 _ => {}
             }
         }
@@ -70,6 +74,11 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         Ok(Self { handle })
+    }
+
+    /// The rtnetlink handle, for requests this module does not wrap (the AF_XDP underlay's neighbour lookups).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
     }
 
     /// The link called `name`, if there is one.

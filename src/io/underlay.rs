@@ -1,0 +1,111 @@
+//! What the data-path worker needs from an underlay, whichever carries the datagrams: the kernel's UDP stack
+//! ([`super::udp::Underlay`]) or AF_XDP sockets fed by weft's own XDP program ([`super::xdp::XdpUnderlay`]).
+//!
+//! ```text
+//!  worker ──poll──► UnderlayIo::poll_fds ─ready─► recv(source) ─► (datagram, sender, port) ─► Forwarder
+//!  worker ◄── Forwarder encapsulates ◄── send_segments(flow, vtep, esp, datagrams, segment) ──► wire
+//! ```
+//!
+//! Both take and give UDP payloads (VXLAN or ESP-in-UDP datagrams); the AF_XDP underlay writes and strips the outer
+//! Ethernet/IP/UDP headers itself.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use super::udp::{recv_segments, Underlay};
+
+/// One receive: `len` bytes at the start of the caller's buffer, from `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes written to the buffer.
+    pub len: usize,
+    /// The sender.
+    pub from: SocketAddr,
+    /// With UDP GRO, several datagrams of `segment` bytes each (the last may be shorter); else `len`.
+    pub segment: usize,
+    /// Whether they arrived on the ESP port (else the VXLAN port).
+    pub esp: bool,
+}
+
+/// Counters an underlay keeps beyond the worker's own, for `weft stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnderlayStats {
+    /// `udp` or `af_xdp`.
+    pub mode: &'static str,
+    /// AF_XDP: the sockets' bind mode, `copy` or `zero-copy`.
+    pub xsk_bind: Option<&'static str>,
+    /// AF_XDP: how the XDP program is attached, `native` or `generic`.
+    pub xdp_attach: Option<&'static str>,
+    /// AF_XDP sockets (one per queue of the underlay NIC).
+    pub xsk_sockets: usize,
+    /// Datagrams received through AF_XDP sockets.
+    pub xsk_rx: u64,
+    /// Datagrams sent through AF_XDP sockets.
+    pub xsk_tx: u64,
+    /// Frames the AF_XDP receive could not read as UDP to this host (counted, dropped).
+    pub xsk_rx_malformed: u64,
+    /// Datagrams dropped because the next hop's MAC was not known yet (resolution was asked for).
+    pub neighbour_misses: u64,
+    /// Datagrams dropped because no transmit frame was free.
+    pub tx_ring_full: u64,
+    /// Datagrams the kernel passed to the UDP sockets anyway (fragments, IP options: what XDP leaves to it).
+    pub kernel_rx: u64,
+    /// The kernel's AF_XDP statistics, summed over the sockets: frames dropped because the RX ring was full, dropped
+    /// for other reasons (too long for a frame, no fill descriptor), and times the fill ring was found empty.
+    pub xsk_rx_ring_full: u64,
+    /// See `xsk_rx_ring_full`.
+    pub xsk_rx_dropped: u64,
+    /// See `xsk_rx_ring_full`.
+    pub xsk_fill_empty: u64,
+}
+
+/// The underlay as the worker uses it.
+pub trait UnderlayIo: Send + fmt::Debug {
+    /// The descriptors to poll for input; the index of a ready one is the `source` for [`Self::recv`].
+    fn poll_fds(&self) -> Vec<RawFd>;
+
+    /// Receives into `buf` from `source`; `WouldBlock` when it has nothing more.
+    fn recv(&mut self, source: usize, buf: &mut [u8]) -> io::Result<Received>;
+
+    /// Sends `datagrams`, consecutive datagrams of `segment` bytes each (the last may be shorter), to `vtep` on the
+    /// VXLAN port, or the ESP port when `esp`. The outer source port follows `flow`, the inner flow's hash.
+    fn send_segments(&mut self, flow: u32, vtep: IpAddr, esp: bool, datagrams: &[u8], segment: usize)
+        -> io::Result<()>;
+
+    /// Called about once a second with the time.
+    fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// Counters.
+    fn stats(&self) -> UnderlayStats;
+}
+
+impl UnderlayIo for Underlay {
+    fn poll_fds(&self) -> Vec<RawFd> {
+        vec![self.vxlan.as_raw_fd(), self.esp.as_raw_fd()]
+    }
+
+    fn recv(&mut self, source: usize, buf: &mut [u8]) -> io::Result<Received> {
+        let esp = source == 1;
+        let socket = if esp { &self.esp } else { &self.vxlan };
+        let (len, from, segment) = recv_segments(socket, buf)?;
+        Ok(Received { len, from, segment, esp })
+    }
+
+    fn send_segments(
+        &mut self,
+        flow: u32,
+        vtep: IpAddr,
+        esp: bool,
+        datagrams: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
+        Underlay::send_segments(self, flow, vtep, esp, datagrams, segment)
+    }
+
+    fn stats(&self) -> UnderlayStats {
+        UnderlayStats { mode: "udp", ..UnderlayStats::default() }
+    }
+}
