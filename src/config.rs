@@ -156,6 +156,8 @@ pub struct NodeConfig {
     /// Take TSO/USO superframes and partial checksums from the TAP, and batch the underlay with UDP GSO/GRO.
     #[serde(default = "default_true")]
     pub offload: bool,
+    /// Where Prometheus metrics are served over HTTP (`GET /metrics`); off when unset.
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_true() -> bool {

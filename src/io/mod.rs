@@ -2,8 +2,10 @@
 //!
 //! This is the only module with `unsafe` (the TAP ioctls); each block says why it is sound.
 
+pub mod capture;
 pub mod datapath;
 pub mod netlink;
+pub mod peers;
 pub mod tap;
 pub mod udp;
 pub mod waker;
