@@ -17,5 +17,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod io;
 pub mod metrics;
