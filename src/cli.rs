@@ -80,7 +80,10 @@ pub fn print_peers(v: &Value) {
         str_of(v, "table_digest"),
         num(v, "convergence_lag_ms")
     );
-    println!("{:<12} {:<16} {:<8} {:>8} {:>9} {:>6} {:>8} {header}", "NAME", "VTEP", "STATE", "RTT", "CLOCK", "EPOCH", "SA AGE");
+    println!(
+        "{:<12} {:<16} {:<8} {:>8} {:>9} {:>6} {:>8} {header}",
+        "NAME", "VTEP", "STATE", "RTT", "CLOCK", "EPOCH", "SA AGE"
+    );
     for m in v["members"].as_array().into_iter().flatten() {
         let rtt = m["rtt_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.2}ms"));
         let clock = m["clock_offset_ms"].as_i64().map_or("-".into(), |ms| format!("{ms:+}ms"));
@@ -115,7 +118,10 @@ pub fn print_status(v: &Value) {
 
 /// Human-readable rendering of `networks`.
 pub fn print_networks(v: &Value) {
-    println!("{:<11} {:>9} {:<20} {:<16} {:<10} {:<10} {:<8} MTU", "NAME", "VNI", "SUBNET", "BRIDGE", "TAP", "ENCRYPTED", "LEARNING");
+    println!(
+        "{:<11} {:>9} {:<20} {:<16} {:<10} {:<10} {:<8} MTU",
+        "NAME", "VNI", "SUBNET", "BRIDGE", "TAP", "ENCRYPTED", "LEARNING"
+    );
     for n in v["networks"].as_array().into_iter().flatten() {
         println!(
             "{:<11} {:>9} {:<20} {:<16} {:<10} {:<10} {:<8} {}",
@@ -184,7 +190,13 @@ pub fn capture(socket: &Path, network: &str, count: Option<u64>, out: Option<&Pa
     };
     let sink = Shared(std::rc::Rc::new(std::cell::RefCell::new(std::io::BufWriter::new(sink))));
     // A TSO superframe may be up to 64 KiB, beyond tcpdump's default snap length.
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 262_144, ..PcapHeader::default() };
+    // Little-endian microsecond pcap, what tcpdump writes on x86 and every reader takes.
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        snaplen: 262_144,
+        endianness: pcap_file::Endianness::Little,
+        ..PcapHeader::default()
+    };
     let mut writer = PcapWriter::with_header(sink.clone(), header).context("writing the pcap header")?;
     if out.is_some() {
         eprintln!("capturing network {network} (decrypted inner frames, both directions); Ctrl-C stops");

@@ -257,10 +257,14 @@ impl Config {
     /// Checks that the files the config names exist (the rest of the checks need no file system).
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let Some(control) = &self.control else { return Ok(()) };
-        for (key, path) in [("control.ca", &control.ca), ("control.cert", &control.cert), ("control.key", &control.key)] {
+        for (key, path) in [("control.ca", &control.ca), ("control.cert", &control.cert), ("control.key", &control.key)]
+        {
             if !path.is_file() {
                 let hint = if key == "control.ca" { "weft ca init" } else { "weft ca issue" };
-                return Err(invalid(key, format!("{} does not exist or is not a file (create it with `{hint}`)", path.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} does not exist or is not a file (create it with `{hint}`)", path.display()),
+                ));
             }
         }
         Ok(())
@@ -616,6 +620,13 @@ learning = "any"
     }
 
     #[test]
+    fn the_packaged_example_parses() {
+        let c = Config::parse(include_str!("../packaging/weft.toml")).unwrap();
+        assert_eq!(c.node.metrics, Some("198.18.0.1:9090".parse().unwrap()));
+        assert!(c.networks[0].is_encrypted() && !c.networks[1].is_encrypted());
+    }
+
+    #[test]
     fn overlap_message_names_both_networks() {
         let message = error_of(&GOOD.replacen("subnet = \"198.19.2.0/24\"", "subnet = \"198.19.1.128/25\"", 1));
         assert!(message.contains("network[1].subnet") && message.contains("network[0].subnet"), "{message}");
@@ -634,7 +645,10 @@ learning = "any"
         let path = dir.path().join("weft.toml");
         std::fs::write(&path, GOOD.replacen("[node]", &control, 1)).unwrap();
         let message = Config::load(&path).unwrap_err().to_string();
-        assert!(message.contains("control.key") && message.contains("a.key") && message.contains("weft ca issue"), "{message}");
+        assert!(
+            message.contains("control.key") && message.contains("a.key") && message.contains("weft ca issue"),
+            "{message}"
+        );
         std::fs::write(dir.path().join("a.key"), "x").unwrap();
         Config::load(&path).expect("every file exists now");
         let message = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();

@@ -19,7 +19,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::metrics;
 use crate::clock;
 use crate::config::Config;
 use crate::control::agent::{Agent, AgentConfig};
@@ -28,6 +27,7 @@ use crate::io::datapath::Datapath;
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
+use crate::metrics;
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
 fn bridge_alias(network: &str) -> String {

@@ -169,7 +169,8 @@ fn check_capabilities(report: &mut Report, proc_status: &str) {
              grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW, see packaging/weft.service)",
         );
     } else {
-        let raw = if has(CAP_NET_RAW) { " and CAP_NET_RAW" } else { " (CAP_NET_RAW absent: not needed by the UDP path)" };
+        let raw =
+            if has(CAP_NET_RAW) { " and CAP_NET_RAW" } else { " (CAP_NET_RAW absent: not needed by the UDP path)" };
         report.add("capabilities", Verdict::Ok, format!("CAP_NET_ADMIN{raw}"));
     }
 }
@@ -261,14 +262,18 @@ pub fn check_peers(report: &mut Report, config: &Config, peers: &Value) {
             report.add(
                 "peers",
                 Verdict::Warn,
-                format!("sent to but nothing accepted from {}: check their weft and UDP reachability", silent.join(", ")),
+                format!(
+                    "sent to but nothing accepted from {}: check their weft and UDP reachability",
+                    silent.join(", ")
+                ),
             );
         }
         report.add("clock", Verdict::Skip, "needs the control plane (probes carry the clocks)");
         report.add("encryption", Verdict::Skip, "no control plane: no encrypted networks");
         return;
     }
-    let own: Vec<IpAddr> = config.control.iter().flat_map(|c| c.listen.map(|l| l.ip())).chain([config.node.underlay]).collect();
+    let own: Vec<IpAddr> =
+        config.control.iter().flat_map(|c| c.listen.map(|l| l.ip())).chain([config.node.underlay]).collect();
     let other_seeds = config.control.as_ref().map_or(0, |c| c.seeds.iter().filter(|s| !own.contains(&s.ip())).count());
     let suspects: Vec<String> = members.iter().filter(|m| m["state"] != "alive").map(name).collect();
     if !suspects.is_empty() {

@@ -163,12 +163,27 @@ pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
     counter(&mut registry, "rx_bytes", "Inner frame bytes received from the overlay", f.rx_bytes);
     counter(&mut registry, "esp_sealed", "ESP packets sealed", f.esp_sealed);
     counter(&mut registry, "esp_opened", "ESP packets opened (ICV verified)", f.esp_opened);
-    counter(&mut registry, "arp_nd_suppressed", "ARP requests and neighbour solicitations answered locally", f.suppressed);
+    counter(
+        &mut registry,
+        "arp_nd_suppressed",
+        "ARP requests and neighbour solicitations answered locally",
+        f.suppressed,
+    );
     counter(&mut registry, "fdb_learned", "MAC addresses learned from received frames", f.learned);
     counter(&mut registry, "tap_errors", "Failed TAP reads or writes", s.tap_errors);
     counter(&mut registry, "underlay_errors", "Failed underlay sends or receives", s.underlay_errors);
-    counter(&mut registry, "offload_errors", "TAP superframes or virtio headers that could not be handled", s.offload_errors);
-    counter(&mut registry, "capture_dropped", "Captured frames lost to a slow `weft capture` reader", s.capture_dropped);
+    counter(
+        &mut registry,
+        "offload_errors",
+        "TAP superframes or virtio headers that could not be handled",
+        s.offload_errors,
+    );
+    counter(
+        &mut registry,
+        "capture_dropped",
+        "Captured frames lost to a slow `weft capture` reader",
+        s.capture_dropped,
+    );
     let fdb = Gauge::<i64>::default();
     fdb.set(s.fdb.len() as i64);
     registry.register("fdb_entries", "Live FDB entries", fdb);
@@ -204,7 +219,12 @@ pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
             lag,
         );
         let g = &c.gossip;
-        counter(&mut registry, "gossip_digest_mismatches", "Digests received that differed from our table", g.digest_mismatches);
+        counter(
+            &mut registry,
+            "gossip_digest_mismatches",
+            "Digests received that differed from our table",
+            g.digest_mismatches,
+        );
         let messages = Family::<KindLabels, Counter>::default();
         messages.get_or_create(&KindLabels { kind: "in" }).inc_by(g.messages_in);
         messages.get_or_create(&KindLabels { kind: "out" }).inc_by(g.messages_out);

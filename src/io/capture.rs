@@ -149,14 +149,18 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let frame = CapturedFrame { time: Duration::new(1_700_000_000, 123_456_789), outbound: true, data: vec![1, 2, 3] };
+        let frame =
+            CapturedFrame { time: Duration::new(1_700_000_000, 123_456_789), outbound: true, data: vec![1, 2, 3] };
         let mut stream = Vec::new();
         frame.encode(&mut stream);
         CapturedFrame { data: vec![9; 70_000], outbound: false, ..frame }.encode(&mut stream);
         assert_eq!(stream.len(), 2 * RECORD_HEADER + 3 + 70_000);
         let mut reader = stream.as_slice();
         let first = CapturedFrame::read(&mut reader).unwrap().unwrap();
-        assert_eq!((first.time, first.outbound, first.data), (Duration::new(1_700_000_000, 123_456_789), true, vec![1, 2, 3]));
+        assert_eq!(
+            (first.time, first.outbound, first.data),
+            (Duration::new(1_700_000_000, 123_456_789), true, vec![1, 2, 3])
+        );
         let second = CapturedFrame::read(&mut reader).unwrap().unwrap();
         assert_eq!((second.outbound, second.data.len()), (false, 70_000));
         assert!(CapturedFrame::read(&mut reader).unwrap().is_none());
