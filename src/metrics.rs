@@ -157,33 +157,23 @@ pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
     tx.get_or_create(&KindLabels { kind: "unicast" }).inc_by(f.tx_unicast);
     tx.get_or_create(&KindLabels { kind: "flooded" }).inc_by(f.tx_flooded);
     registry.register("tx_frames", "Frames from the TAPs sent into the overlay", tx);
-    counter(&mut registry, "tx_datagrams", "Datagrams sent (a flooded frame counts once per VTEP)", f.tx_datagrams);
-    counter(&mut registry, "tx_bytes", "Inner frame bytes sent into the overlay", f.tx_bytes);
-    counter(&mut registry, "rx_frames", "Frames received from the overlay and delivered", f.rx_frames);
-    counter(&mut registry, "rx_bytes", "Inner frame bytes received from the overlay", f.rx_bytes);
-    counter(&mut registry, "esp_sealed", "ESP packets sealed", f.esp_sealed);
-    counter(&mut registry, "esp_opened", "ESP packets opened (ICV verified)", f.esp_opened);
-    counter(
-        &mut registry,
-        "arp_nd_suppressed",
-        "ARP requests and neighbour solicitations answered locally",
-        f.suppressed,
-    );
-    counter(&mut registry, "fdb_learned", "MAC addresses learned from received frames", f.learned);
-    counter(&mut registry, "tap_errors", "Failed TAP reads or writes", s.tap_errors);
-    counter(&mut registry, "underlay_errors", "Failed underlay sends or receives", s.underlay_errors);
-    counter(
-        &mut registry,
-        "offload_errors",
-        "TAP superframes or virtio headers that could not be handled",
-        s.offload_errors,
-    );
-    counter(
-        &mut registry,
-        "capture_dropped",
-        "Captured frames lost to a slow `weft capture` reader",
-        s.capture_dropped,
-    );
+    let totals = [
+        ("tx_datagrams", "Datagrams sent (a flooded frame counts once per VTEP)", f.tx_datagrams),
+        ("tx_bytes", "Inner frame bytes sent into the overlay", f.tx_bytes),
+        ("rx_frames", "Frames received from the overlay and delivered", f.rx_frames),
+        ("rx_bytes", "Inner frame bytes received from the overlay", f.rx_bytes),
+        ("esp_sealed", "ESP packets sealed", f.esp_sealed),
+        ("esp_opened", "ESP packets opened (ICV verified)", f.esp_opened),
+        ("arp_nd_suppressed", "ARP requests and neighbour solicitations answered locally", f.suppressed),
+        ("fdb_learned", "MAC addresses learned from received frames", f.learned),
+        ("tap_errors", "Failed TAP reads or writes", s.tap_errors),
+        ("underlay_errors", "Failed underlay sends or receives", s.underlay_errors),
+        ("offload_errors", "TAP superframes or virtio headers that could not be handled", s.offload_errors),
+        ("capture_dropped", "Captured frames lost to a slow `weft capture` reader", s.capture_dropped),
+    ];
+    for (name, help, value) in totals {
+        counter(&mut registry, name, help, value);
+    }
     let fdb = Gauge::<i64>::default();
     fdb.set(s.fdb.len() as i64);
     registry.register("fdb_entries", "Live FDB entries", fdb);
