@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use overlay_proto::forward::DropReason;
@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
 use crate::api::Api;
+use crate::control::agent::ControlStatus;
 use crate::io::datapath::Snapshot;
 use crate::io::peers::PeerTraffic;
 
@@ -99,9 +100,11 @@ async fn answer(mut stream: TcpStream, api: &Api) -> anyhow::Result<()> {
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let (status, content_type, body) = match (method, path.split('?').next().unwrap_or_default()) {
         ("GET", "/metrics") => match api.snapshot().await {
-            Ok(snapshot) => {
-                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(api, &snapshot)?)
-            }
+            Ok(snapshot) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(api.control.as_deref(), &snapshot)?,
+            ),
             Err(e) => ("503 Service Unavailable", "text/plain", format!("{e:#}\n")),
         },
         ("GET", _) => ("404 Not Found", "text/plain", "weft serves /metrics only\n".to_owned()),
@@ -124,7 +127,7 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 }
 
 /// The metrics text for one scrape.
-pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
+pub fn render(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> anyhow::Result<String> {
     let mut registry = Registry::with_prefix("weft");
     let f = &s.forward;
 
@@ -178,7 +181,7 @@ pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
     fdb.set(s.fdb.len() as i64);
     registry.register("fdb_entries", "Live FDB entries", fdb);
 
-    if let Some(control) = &api.control {
+    if let Some(control) = control {
         let c = control.lock().map_err(|_| anyhow::anyhow!("control status unavailable"))?;
         let members = Family::<StateLabels, Gauge>::default();
         for state in ["alive", "suspect"] {
@@ -236,4 +239,87 @@ pub fn render(api: &Api, s: &Snapshot) -> anyhow::Result<String> {
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use overlay_proto::gossip::MemberHealth;
+    use overlay_proto::NodeId;
+
+    use super::*;
+    use crate::control::agent::MemberInfo;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            forward: Default::default(),
+            tap_errors: 2,
+            underlay_errors: 0,
+            offload_errors: 0,
+            fdb: Vec::new(),
+            local: Vec::new(),
+            peers: vec![(
+                "198.18.0.2".parse().unwrap(),
+                PeerTraffic { tx_packets: 3, tx_bytes: 300, rx_packets: 4, rx_bytes: 400 },
+            )],
+            peers_overflow: PeerTraffic { rx_packets: 1, ..PeerTraffic::default() },
+            sa_usage: Vec::new(),
+            capture_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn data_path_counters_per_peer_and_every_drop_reason() {
+        let text = render(None, &snapshot()).unwrap();
+        for line in [
+            "weft_peer_packets_total{vtep=\"198.18.0.2\",direction=\"tx\"} 3",
+            "weft_peer_bytes_total{vtep=\"198.18.0.2\",direction=\"rx\"} 400",
+            "weft_peer_packets_total{vtep=\"other\",direction=\"rx\"} 1",
+            "weft_tap_errors_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for reason in DropReason::ALL {
+            let line = format!("weft_drops_total{{reason=\"{}\"}} 0", reason.as_str());
+            assert!(text.lines().any(|l| l == line), "no {line:?}");
+        }
+        assert!(!text.contains("weft_gossip"), "no control-plane metrics without a control plane");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn control_plane_members_rtt_and_lag() {
+        let id = NodeId([7; 16]);
+        let status = ControlStatus {
+            members: vec![MemberInfo {
+                id: id.to_string(),
+                name: "h2".into(),
+                addr: "198.18.0.2:7946".parse().unwrap(),
+                vtep: "198.18.0.2".parse().unwrap(),
+            }],
+            health: vec![(
+                id,
+                MemberHealth {
+                    liveness: Liveness::Suspect,
+                    rtt: Some(Duration::from_millis(2)),
+                    clock_offset_ms: Some(-1500),
+                },
+            )],
+            convergence_lag: Duration::from_millis(250),
+            epochs: vec![(id.to_string(), 3, crate::clock::now())],
+            ..ControlStatus::default()
+        };
+        let text = render(Some(&Mutex::new(status)), &snapshot()).unwrap();
+        for line in [
+            "weft_gossip_members{state=\"alive\"} 0",
+            "weft_gossip_members{state=\"suspect\"} 1",
+            "weft_peer_rtt_seconds{peer=\"h2\",vtep=\"198.18.0.2\"} 0.002",
+            "weft_peer_clock_offset_seconds{peer=\"h2\",vtep=\"198.18.0.2\"} -1.5",
+            "weft_gossip_convergence_lag_seconds 0.25",
+            "weft_sa_epoch{vtep=\"198.18.0.2\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
 }

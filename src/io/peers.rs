@@ -26,23 +26,32 @@ pub struct PeerTraffic {
 #[derive(Debug)]
 pub struct PeerCounters {
     slots: Vec<(IpAddr, PeerTraffic)>,
+    /// The slot found last: traffic comes in runs to one VTEP, so most lookups end here.
+    last: usize,
     /// Every VTEP that found the table full.
     pub overflow: PeerTraffic,
 }
 
 impl Default for PeerCounters {
     fn default() -> Self {
-        Self { slots: Vec::with_capacity(MAX_PEERS), overflow: PeerTraffic::default() }
+        Self { slots: Vec::with_capacity(MAX_PEERS), last: 0, overflow: PeerTraffic::default() }
     }
 }
 
 impl PeerCounters {
     /// The slot of `vtep`, taken on first use while there is room.
     pub fn slot(&mut self, vtep: IpAddr) -> &mut PeerTraffic {
+        if self.slots.get(self.last).is_some_and(|(ip, _)| *ip == vtep) {
+            return &mut self.slots[self.last].1;
+        }
         match self.slots.iter().position(|(ip, _)| *ip == vtep) {
-            Some(i) => &mut self.slots[i].1,
+            Some(i) => {
+                self.last = i;
+                &mut self.slots[i].1
+            }
             // Within the capacity reserved up front, so this push never allocates.
             None if self.slots.len() < MAX_PEERS => {
+                self.last = self.slots.len();
                 self.slots.push((vtep, PeerTraffic::default()));
                 &mut self.slots.last_mut().expect("just pushed").1
             }
@@ -77,13 +86,17 @@ mod tests {
     #[test]
     fn counts_per_vtep_and_overflows_without_growing() {
         let mut c = PeerCounters::default();
-        let a: IpAddr = "198.18.0.2".parse().unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
         c.sent(a, 3, 300);
         c.received(a, 1, 100);
+        c.sent(b, 2, 20);
         c.sent(a, 1, 50);
         assert_eq!(
             c.iter().collect::<Vec<_>>(),
-            vec![(a, PeerTraffic { tx_packets: 4, tx_bytes: 350, rx_packets: 1, rx_bytes: 100 })]
+            vec![
+                (a, PeerTraffic { tx_packets: 4, tx_bytes: 350, rx_packets: 1, rx_bytes: 100 }),
+                (b, PeerTraffic { tx_packets: 2, tx_bytes: 20, ..PeerTraffic::default() }),
+            ]
         );
         let capacity = c.slots.capacity();
         for i in 0..(MAX_PEERS as u32 + 10) {
@@ -91,6 +104,7 @@ mod tests {
         }
         assert_eq!(c.slots.len(), MAX_PEERS);
         assert_eq!(c.slots.capacity(), capacity, "the table never reallocates");
-        assert_eq!(c.overflow.rx_packets, 11, "the VTEPs beyond the table are summed");
+        // Two slots were taken by a and b: 266 new VTEPs, 254 free slots.
+        assert_eq!(c.overflow.rx_packets, 12, "the VTEPs beyond the table are summed");
     }
 }
