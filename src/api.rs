@@ -1,50 +1,61 @@
 //! The JSON API on a unix socket, one request per connection: the client writes one line such as
-//! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods.
+//! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods, one section each.
+//!
+//! `capture` is the one streaming method: after its JSON answer line, the daemon writes captured frames as binary
+//! records ([`crate::io::capture::CapturedFrame::encode`]) until the count is reached or the client hangs up.
 
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use overlay_proto::fdb::Origin;
+use overlay_proto::gossip::Liveness;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
 use crate::config::Config;
 use crate::control::agent::ControlStatus;
+use crate::io::capture::{self, CaptureSink};
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
+use crate::io::peers::PeerTraffic;
 
-/// Binds the socket and serves it on a background task.
-pub fn serve(
-    config: &Config,
-    queries: DatapathHandle,
-    control: Option<Arc<Mutex<ControlStatus>>>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let path = &config.node.api_socket;
+/// Binds the socket (`node.api_socket` of `api.config`) and serves it on a background task.
+pub fn serve(api: Arc<Api>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = &api.config.node.api_socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {} for node.api_socket", dir.display()))?;
     }
     remove_stale_socket(path)?;
     let listener = UnixListener::bind(path).with_context(|| format!("binding node.api_socket {}", path.display()))?;
-    let status = json!({
-        "node": config.node.name,
-        "underlay": config.node.underlay,
-        "networks": config.networks.iter().map(|n| json!({
-            "name": n.name, "vni": n.vni, "subnet": n.subnet, "bridge": n.bridge_name(), "tap": n.tap_name(),
-        })).collect::<Vec<_>>(),
-    });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queries, status, control) = (queries.clone(), status.clone(), control.clone());
+            let api = api.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &queries, &status, control.as_deref()).await {
+                if let Err(e) = api.handle(stream).await {
                     debug!(error = %e, "api request failed");
                 }
             });
         }
     }))
+}
+
+/// What the API answers from: the config, the data path's snapshots and the control plane's status.
+#[derive(Debug)]
+pub struct Api {
+    /// The daemon's config.
+    pub config: Config,
+    /// The data path's queue.
+    pub queries: DatapathHandle,
+    /// The control plane's status, when there is one.
+    pub control: Option<Arc<Mutex<ControlStatus>>>,
+    /// When the daemon started.
+    pub started: std::time::Instant,
 }
 
 /// A socket file left by a daemon that died is removed; a live one is an error (two daemons, one socket).
@@ -58,30 +69,125 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
 }
 
-async fn handle(
-    stream: UnixStream,
-    queries: &DatapathHandle,
-    status: &Value,
-    control: Option<&Mutex<ControlStatus>>,
-) -> anyhow::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Value>(&line) {
-        Ok(request) => match request.get("method").and_then(Value::as_str) {
-            Some("status") => status.clone(),
-            Some("stats") => snapshot(queries).await.map(|s| stats_json(&s)).unwrap_or_else(error),
-            Some("fdb") => snapshot(queries).await.map(|s| fdb_json(&s)).unwrap_or_else(error),
-            Some("endpoints") => snapshot(queries).await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
-            Some("peers") => peers_json(control),
-            Some(other) => {
-                error(anyhow::anyhow!("unknown method {other:?}; known: status, stats, fdb, endpoints, peers"))
+impl Api {
+    async fn handle(&self, stream: UnixStream) -> anyhow::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await?;
+        let response = match serde_json::from_str::<Value>(&line) {
+            Ok(request) => match request.get("method").and_then(Value::as_str) {
+                Some("capture") => return self.capture(&request, read, write).await,
+                Some(method) => self.answer(method).await,
+                None => error(anyhow::anyhow!("request has no \"method\"")),
+            },
+            Err(e) => error(anyhow::anyhow!("request is not JSON: {e}")),
+        };
+        write_line(&mut write, &response).await
+    }
+
+    /// The answer to a one-shot method.
+    pub async fn answer(&self, method: &str) -> Value {
+        match method {
+            "status" => self.status_json(),
+            "networks" => json!({ "networks": self.networks_json() }),
+            "services" => json!({ "services": [] }),
+            "stats" => self.snapshot().await.map(|s| stats_json(&s)).unwrap_or_else(error),
+            "fdb" => self.snapshot().await.map(|s| fdb_json(&s)).unwrap_or_else(error),
+            "endpoints" => self.snapshot().await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
+            "peers" => match self.snapshot().await {
+                Ok(snapshot) => peers_json(self.control.as_deref(), &snapshot),
+                Err(e) => error(e),
+            },
+            other => error(anyhow::anyhow!(
+                "unknown method {other:?}; known: status, networks, services, stats, fdb, endpoints, peers, capture"
+            )),
+        }
+    }
+
+    fn status_json(&self) -> Value {
+        json!({
+            "node": self.config.node.name,
+            "underlay": self.config.node.underlay,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": crate::clock::now().saturating_duration_since(self.started).as_secs(),
+            "time_ms": crate::clock::wall_millis(),
+            "control": self.control.is_some(),
+            "metrics": self.config.node.metrics,
+            "networks": self.networks_json(),
+        })
+    }
+
+    fn networks_json(&self) -> Vec<Value> {
+        (self.config.networks.iter())
+            .map(|n| {
+                json!({
+                    "name": n.name, "vni": n.vni, "subnet": n.subnet, "bridge": n.bridge_name(), "tap": n.tap_name(),
+                    "encrypted": n.is_encrypted(), "learning": format!("{:?}", n.learning).to_lowercase(),
+                    "mtu": n.mtu, "peers": n.peers,
+                })
+            })
+            .collect()
+    }
+
+    /// Counters and tables from the data path.
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.queries.send(Query::Snapshot(tx)).map_err(|_| anyhow::anyhow!("the data path is busy"))?;
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
+            .await?
+            .context("the data path did not answer")
+    }
+
+    /// Streams a network's frames until `count` (if given) or until the client hangs up.
+    async fn capture(
+        &self,
+        request: &Value,
+        mut read: BufReader<OwnedReadHalf>,
+        mut write: OwnedWriteHalf,
+    ) -> anyhow::Result<()> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let name = request.get("network").and_then(Value::as_str).unwrap_or_default();
+        let Some(network) = self.config.networks.iter().position(|n| n.name == name) else {
+            let known: Vec<&str> = self.config.networks.iter().map(|n| n.name.as_str()).collect();
+            let e = anyhow::anyhow!("capture: no network {name:?}; this host has {}", known.join(", "));
+            return write_line(&mut write, &error(e)).await;
+        };
+        let count = request.get("count").and_then(Value::as_u64);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut frames) = tokio::sync::mpsc::channel(capture::QUEUE);
+        if self.queries.send(Query::CaptureStart(CaptureSink { id, network, frames: tx, dropped: 0 })).is_err() {
+            return write_line(&mut write, &error(anyhow::anyhow!("the data path is busy"))).await;
+        }
+        let net = &self.config.networks[network];
+        write_line(&mut write, &json!({ "capture": { "network": net.name, "vni": net.vni, "linktype": "ethernet" } }))
+            .await?;
+        let (mut sent, mut record, mut probe) = (0u64, Vec::new(), [0u8; 1]);
+        let outcome = loop {
+            if count.is_some_and(|c| sent >= c) {
+                break Ok(());
             }
-            None => error(anyhow::anyhow!("request has no \"method\"")),
-        },
-        Err(e) => error(anyhow::anyhow!("request is not JSON: {e}")),
-    };
-    let mut body = serde_json::to_vec(&response)?;
+            tokio::select! {
+                frame = frames.recv() => {
+                    let Some(frame) = frame else { break Ok(()) };
+                    record.clear();
+                    frame.encode(&mut record);
+                    if let Err(e) = write.write_all(&record).await {
+                        break Err(e.into());
+                    }
+                    sent += 1;
+                }
+                // The client sends nothing more: a read returning means it hung up.
+                _ = read.read(&mut probe) => break Ok(()),
+            }
+        };
+        let _ = self.queries.send(Query::CaptureStop(id));
+        outcome
+    }
+}
+
+async fn write_line(write: &mut OwnedWriteHalf, value: &Value) -> anyhow::Result<()> {
+    let mut body = serde_json::to_vec(value)?;
     body.push(b'\n');
     write.write_all(&body).await?;
     Ok(())
@@ -89,14 +195,6 @@ async fn handle(
 
 fn error(e: anyhow::Error) -> Value {
     json!({ "error": e.to_string() })
-}
-
-async fn snapshot(queries: &DatapathHandle) -> anyhow::Result<Snapshot> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    queries.send(Query::Snapshot(tx)).map_err(|_| anyhow::anyhow!("the data path is busy"))?;
-    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
-        .await?
-        .context("the data path did not answer")
 }
 
 fn stats_json(s: &Snapshot) -> Value {
@@ -109,6 +207,7 @@ fn stats_json(s: &Snapshot) -> Value {
         "suppressed": f.suppressed, "kept_local": f.kept_local,
         "esp_sealed": f.esp_sealed, "esp_opened": f.esp_opened,
         "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors, "offload_errors": s.offload_errors,
+        "capture_dropped": s.capture_dropped,
         "drops": drops,
         "underlay": underlay_json(&s.underlay),
     })
@@ -123,25 +222,75 @@ fn underlay_json(u: &crate::io::underlay::UnderlayStats) -> Value {
     })
 }
 
-fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
+fn traffic_json(t: &PeerTraffic) -> Value {
+    json!({ "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes, "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes })
+}
+
+/// Members of the control plane joined by VTEP with the data path's counters, and every VTEP with traffic.
+fn peers_json(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> Value {
+    let traffic_of = |vtep: IpAddr| s.peers.iter().find(|(ip, _)| *ip == vtep).map(|(_, t)| *t).unwrap_or_default();
+    let vteps: Vec<Value> = (s.peers.iter())
+        .map(|(vtep, t)| {
+            let mut row = traffic_json(t);
+            row["vtep"] = json!(vtep);
+            row
+        })
+        .collect();
     let Some(control) = control else {
-        return json!({ "control": false, "members": [] });
+        return json!({ "control": false, "members": [], "vteps": vteps });
     };
     let Ok(c) = control.lock() else { return error(anyhow::anyhow!("control status unavailable")) };
+    let now = crate::clock::now();
+    let members: Vec<Value> = (c.members.iter())
+        .map(|m| {
+            let health = c.health.iter().find(|(id, _)| id.to_string() == m.id).map(|(_, h)| *h);
+            let state = match health.map(|h| h.liveness) {
+                Some(Liveness::Suspect) => "suspect",
+                Some(Liveness::Dead) => "dead",
+                _ => "alive",
+            };
+            let sa = c.epochs.iter().find(|(id, _, _)| *id == m.id).map(|(_, epoch, at)| {
+                let (packets, bytes) = (s.sa_usage.iter())
+                    .find(|(vtep, _, _)| *vtep == m.vtep)
+                    .map_or((0, 0), |(_, packets, bytes)| (*packets, *bytes));
+                json!({
+                    "epoch": epoch, "age_secs": now.saturating_duration_since(*at).as_secs(),
+                    "packets": packets, "bytes": bytes,
+                })
+            });
+            let mut row = traffic_json(&traffic_of(m.vtep));
+            for (key, value) in [
+                ("id", json!(m.id)),
+                ("name", json!(m.name)),
+                ("addr", json!(m.addr)),
+                ("vtep", json!(m.vtep)),
+                ("state", json!(state)),
+                ("rtt_ms", json!(health.and_then(|h| h.rtt).map(|d| d.as_secs_f64() * 1e3))),
+                ("clock_offset_ms", json!(health.and_then(|h| h.clock_offset_ms))),
+                ("sa", sa.unwrap_or(Value::Null)),
+            ] {
+                row[key] = value;
+            }
+            row
+        })
+        .collect();
     let g = &c.gossip;
     json!({
         "control": true,
         "id": c.id,
-        "members": c.members,
+        "members": members,
+        "vteps": vteps,
         "table_digest": format!("{:016x}", c.table_digest),
+        "convergence_lag_ms": c.convergence_lag.as_millis() as u64,
         "gossip": {
             "messages_in": g.messages_in, "messages_out": g.messages_out, "bytes_in": g.bytes_in, "bytes_out": g.bytes_out,
             "malformed": g.malformed, "rejected": g.rejected, "refutations": g.refutations,
-            "snapshots_requested": g.snapshots_requested, "undecodable_records": c.undecodable,
+            "snapshots_requested": g.snapshots_requested, "digest_mismatches": g.digest_mismatches,
+            "undecodable_records": c.undecodable,
         },
         "keying": c.keying.as_ref().map(|k| json!({ "rekeys": k.rekeys, "refused": k.refused, "retries": k.retries })),
         "epochs": c.epochs.iter().map(|(id, epoch, at)| {
-            json!({ "id": id, "epoch": epoch, "age_secs": crate::clock::now().saturating_duration_since(*at).as_secs() })
+            json!({ "id": id, "epoch": epoch, "age_secs": now.saturating_duration_since(*at).as_secs() })
         }).collect::<Vec<_>>(),
     })
 }

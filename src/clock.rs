@@ -11,5 +11,10 @@ pub fn now() -> Instant {
 /// Milliseconds since the Unix epoch: a start incarnation that grows across restarts (gossip supersedes a
 /// restarted node's old records with it). Not for measuring time.
 pub fn wall_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    wall().as_millis() as u64
+}
+
+/// Wall-clock time since the Unix epoch, for timestamps shown to people (capture records). Not for measuring time.
+pub fn wall() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }

@@ -159,6 +159,8 @@ pub struct NodeConfig {
     /// How datagrams reach the underlay: the kernel's UDP sockets, or AF_XDP sockets past the kernel's stack.
     #[serde(default)]
     pub underlay_mode: UnderlayMode,
+    /// Where Prometheus metrics are served over HTTP (`GET /metrics`); off when unset.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `node.underlay_mode`.
@@ -259,16 +261,44 @@ impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|e| match e {
+        let config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
             other => other,
-        })
+        })?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Checks that the files the config names exist (the rest of the checks need no file system).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let Some(control) = &self.control else { return Ok(()) };
+        let files = [("control.ca", &control.ca), ("control.cert", &control.cert), ("control.key", &control.key)];
+        for (key, path) in files {
+            let hint = if key == "control.ca" { "weft ca init" } else { "weft ca issue" };
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => return Err(invalid(key, format!("{} is not a file", path.display()))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let problem = format!("{} does not exist (create it with `{hint}`)", path.display());
+                    return Err(invalid(key, problem));
+                }
+                // Unreadable to this user (`weft check` as non-root): the daemon's own load reports it.
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|span| key_at(text, span.start));
+            let message = match key {
+                Some(key) => format!("key `{key}`: {}", e.message()),
+                None => e.to_string(),
+            };
+            ConfigError::Parse { path: PathBuf::new(), message }
+        })?;
         // New networks are encrypted by default where keys can be agreed, that is, with a control plane.
         let default_encrypted = config.control.is_some();
         for net in &mut config.networks {
@@ -296,6 +326,11 @@ impl Config {
         if node.esp_port == 0 || node.esp_port == node.vxlan_port {
             return Err(invalid("node.esp_port", "must be 1..=65535 and differ from node.vxlan_port"));
         }
+        if let Some(metrics) = node.metrics {
+            if metrics.port() == 0 {
+                return Err(invalid("node.metrics", format!("{metrics} needs a port, like {}:9090", metrics.ip())));
+            }
+        }
         if let Some(control) = &self.control {
             for (j, seed) in control.seeds.iter().enumerate() {
                 if seed.port() == 0 || seed.ip().is_unspecified() {
@@ -313,6 +348,7 @@ impl Config {
             }
         }
         let (mut vnis, mut names, mut bridges) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut subnets: Vec<(usize, IpNet)> = Vec::new();
         for (i, net) in self.networks.iter().enumerate() {
             let key = |field: &str| format!("network[{i}].{field}");
             let name_ok = (1..=10).contains(&net.name.len())
@@ -350,6 +386,13 @@ impl Config {
                     ),
                 ));
             }
+            if let Some((j, other)) = subnets.iter().find(|(_, o)| o.contains(&net.subnet) || net.subnet.contains(o)) {
+                return Err(invalid(
+                    key("subnet"),
+                    format!("{} overlaps network[{j}].subnet {other}: overlay subnets must be disjoint", net.subnet),
+                ));
+            }
+            subnets.push((i, net.subnet));
             if net.is_encrypted() && self.control.is_none() {
                 return Err(invalid(
                     key("encrypted"),
@@ -384,6 +427,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The dotted key whose line holds byte `offset` of `text` (`network.vni`, `node.underlay`), for parse errors
+/// that toml reports by position only. `None` when the line is not a `key = value` line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 impl NetworkConfig {
@@ -534,6 +596,43 @@ learning = "any"
             ),
             ("[node]", "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\n[node]", "key"),
             ("[node]", "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"k\"\nsedes = []\n[node]", "sedes"),
+            // Unknown keys and typos, named with their table.
+            ("underlay = \"198.18.0.1\"", "undrlay = \"198.18.0.1\"", "undrlay"),
+            ("[node]", "[contrl]\nca = \"ca.crt\"\n[node]", "contrl"),
+            // Wrong types.
+            ("vni = 100", "vni = \"100\"", "network.vni"),
+            ("name = \"h1\"", "name = 1", "node.name"),
+            ("peers = [\"198.18.0.2\", \"198.18.0.3\"]", "peers = \"198.18.0.2\"", "network.peers"),
+            // Bad addresses.
+            ("underlay = \"198.18.0.1\"", "underlay = \"198.18.0.300\"", "node.underlay"),
+            ("peers = [\"198.18.0.2\", \"198.18.0.3\"]", "peers = [\"198.18.0\"]", "network.peers"),
+            ("[node]", "[node]\nmetrics = \"198.18.0.1\"", "node.metrics"),
+            ("subnet = \"198.19.1.0/24\"", "subnet = \"198.19.1.0\"", "network.subnet"),
+            // Bad ports.
+            ("[node]", "[node]\nvxlan_port = 70000", "node.vxlan_port"),
+            ("[node]", "[node]\nvxlan_port = 0", "node.vxlan_port"),
+            ("[node]", "[node]\nesp_port = 4789", "node.esp_port"),
+            ("[node]", "[node]\nmetrics = \"198.18.0.1:0\"", "node.metrics"),
+            (
+                "[node]",
+                "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"k\"\nlisten = \"198.18.0.1:0\"\n[node]",
+                "control.listen",
+            ),
+            // Overlapping subnets, VNI range, encryption without keys, rekey timers, ciphers.
+            ("subnet = \"198.19.2.0/24\"", "subnet = \"198.19.0.0/16\"", "network[1].subnet"),
+            ("vni = 200", "vni = -1", "network.vni"),
+            ("learning = \"any\"", "learning = \"any\"\nencrypted = true", "network[1].encrypted"),
+            (
+                "[node]",
+                "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"k\"\nrekey_secs = 1\n[node]",
+                "control.rekey_secs",
+            ),
+            (
+                "[node]",
+                "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"k\"\ncipher = \"des\"\n[node]",
+                "control.cipher",
+            ),
+            ("[node]", "[node]\nageing_secs = 0", "node.ageing_secs"),
         ];
         for (from, to, key) in cases {
             assert!(GOOD.contains(from), "fixture lacks {from}");
@@ -541,5 +640,41 @@ learning = "any"
             assert!(message.contains(key), "error for {to:?} must name {key:?}: {message}");
         }
         assert!(error_of("").contains("node"), "a missing [node] is named");
+    }
+
+    #[test]
+    fn the_packaged_example_parses() {
+        let c = Config::parse(include_str!("../packaging/weft.toml")).unwrap();
+        assert_eq!(c.node.metrics, Some("198.18.0.1:9090".parse().unwrap()));
+        assert!(c.networks[0].is_encrypted() && !c.networks[1].is_encrypted());
+    }
+
+    #[test]
+    fn overlap_message_names_both_networks() {
+        let message = error_of(&GOOD.replacen("subnet = \"198.19.2.0/24\"", "subnet = \"198.19.1.128/25\"", 1));
+        assert!(message.contains("network[1].subnet") && message.contains("network[0].subnet"), "{message}");
+    }
+
+    #[test]
+    fn missing_control_files_are_named_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ca.crt", "a.crt"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let control = format!(
+            "[control]\nca = \"{0}/ca.crt\"\ncert = \"{0}/a.crt\"\nkey = \"{0}/a.key\"\n[node]",
+            dir.path().display()
+        );
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, GOOD.replacen("[node]", &control, 1)).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("control.key") && message.contains("a.key") && message.contains("weft ca issue"),
+            "{message}"
+        );
+        std::fs::write(dir.path().join("a.key"), "x").unwrap();
+        Config::load(&path).expect("every file exists now");
+        let message = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+        assert!(message.contains("nope.toml"), "{message}");
     }
 }

@@ -29,6 +29,7 @@ use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
 use crate::io::underlay::UnderlayIo;
 use crate::io::xdp::{program, XdpLink, XdpUnderlay};
+use crate::metrics;
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
 fn bridge_alias(network: &str) -> String {
@@ -106,12 +107,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let api = api::serve(&config, handle, agent.as_ref().map(|a| a.status.clone()));
-    let outcome = match api {
-        Ok(api_task) => {
+    let api = Arc::new(api::Api {
+        config: config.clone(),
+        queries: handle,
+        control: agent.as_ref().map(|a| a.status.clone()),
+        started: clock::now(),
+    });
+    let metrics = match config.node.metrics {
+        Some(addr) => metrics::serve(addr, api.clone()).await.map(Some),
+        None => Ok(None),
+    };
+    let outcome = match metrics.and_then(|metrics| Ok((api::serve(api)?, metrics))) {
+        Ok((api_task, metrics_task)) => {
             info!(networks = config.networks.len(), "ready");
             let outcome = wait_for_exit(&worker).await;
             api_task.abort();
+            if let Some(task) = metrics_task {
+                task.abort();
+            }
             if let Some(agent) = agent {
                 agent.stop().await;
             }

@@ -3,7 +3,8 @@
 //! ```text
 //!  main.rs / cli ──► daemon ──► io::netlink   (bridges, TAP attach, MTU, underlay check)
 //!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
-//!                      │   └──► api           (unix socket JSON: status, stats, fdb)
+//!                      │   ├──► api           (unix socket JSON: status, peers, stats, fdb, capture...)
+//!                      │   └──► metrics       (Prometheus over HTTP, from the same snapshots)
 //!                      └──── config           (TOML, validated before anything is touched)
 //! ```
 //!
@@ -16,4 +17,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod io;
+pub mod metrics;

@@ -36,10 +36,30 @@ enum Command {
     Stats(ClientArgs),
     /// Show the forwarding table.
     Fdb(ClientArgs),
-    /// Show the control plane's members.
+    /// Show the peers: state, RTT, clock offset, SA epoch and age, packets and bytes each way.
     Peers(ClientArgs),
+    /// Show the overlay networks of this host.
+    Networks(ClientArgs),
     /// Show the endpoints discovered on this host.
     Endpoints(ClientArgs),
+    /// Show the published services (none exist until service publishing lands).
+    Services(ClientArgs),
+    /// Write a network's decrypted inner frames, both directions, as pcap.
+    Capture {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The network to capture.
+        #[arg(short, long)]
+        network: String,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Stop after K frames.
+        #[arg(long, value_name = "K")]
+        count: Option<u64>,
+    },
+    /// Check the host, the config and the running daemon; exits non-zero when something is wrong.
+    Doctor(ClientArgs),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -130,8 +150,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok ({} networks)", config.display(), c.networks.len());
             Ok(())
         }
-        Command::Status(args) => {
-            client(args, "status", |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()))
+        Command::Status(args) => client(args, "status", weft::cli::print_status),
+        Command::Networks(args) => client(args, "networks", weft::cli::print_networks),
+        Command::Services(args) => client(args, "services", weft::cli::print_services),
+        Command::Capture { client, network, write, count } => {
+            let socket = socket_of(&client)?;
+            weft::cli::capture(&socket, &network, count, write.as_deref())
+        }
+        Command::Doctor(args) => {
+            let report = weft::doctor::run(&args.config, args.socket.as_deref());
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                report.print();
+            }
+            match report.failures() {
+                0 => Ok(()),
+                n => Err(anyhow::anyhow!("doctor: {n} check(s) failed")),
+            }
         }
         Command::Stats(args) => client(args, "stats", weft::cli::print_stats),
         Command::Fdb(args) => client(args, "fdb", weft::cli::print_fdb),
@@ -160,11 +196,15 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
-    let socket = match args.socket {
-        Some(s) => s,
+fn socket_of(args: &ClientArgs) -> anyhow::Result<PathBuf> {
+    Ok(match &args.socket {
+        Some(s) => s.clone(),
         None => Config::load(&args.config)?.node.api_socket,
-    };
+    })
+}
+
+fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
+    let socket = socket_of(&args)?;
     let value = weft::cli::request(&socket, method)?;
     if args.json {
         println!("{value}");

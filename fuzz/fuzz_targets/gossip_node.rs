@@ -245,7 +245,7 @@ impl Harness {
 fn message(u: &mut Unstructured<'_>) -> Result<Message> {
     Ok(match u.int_in_range(0..=9u8)? {
         0 => Message::Ping { seq: seq(u)? },
-        1 => Message::Ack { seq: seq(u)? },
+        1 => Message::Ack { seq: seq(u)?, time_ms: u.arbitrary()? },
         2 => Message::PingReq { seq: seq(u)?, target: *u.choose(&IDS)?, addr: addr(u.int_in_range(0..=3)?) },
         3 => Message::IndirectAck { seq: seq(u)? },
         4 => Message::Join { alive: alive(u)? },

@@ -56,12 +56,14 @@ pub struct EncryptedOptions {
     pub control: Vec<String>,
     /// Hosts that write a keylog (`[control] keylog`) to [`EncryptedLab::keylog`].
     pub keylog: Vec<usize>,
+    /// Extra `key = value` lines for `[node]` of host `i`, made from `i` (`metrics = "198.18.0.<i>:9090"`...).
+    pub node: Option<fn(usize) -> Vec<String>>,
 }
 
 impl EncryptedOptions {
     /// `hosts` hosts with `containers` containers each, host 1 the seed, default keying.
     pub fn new(hosts: usize, containers: usize) -> EncryptedOptions {
-        EncryptedOptions { hosts, containers, seeds: vec![1], control: Vec::new(), keylog: Vec::new() }
+        EncryptedOptions { hosts, containers, seeds: vec![1], control: Vec::new(), keylog: Vec::new(), node: None }
     }
 }
 
@@ -101,7 +103,12 @@ impl EncryptedLab {
             if options.keylog.contains(&i) {
                 control.push(format!("keylog = {:?}", keylog_path(&lab, i).display().to_string()));
             }
-            let config = encrypted_config(&lab, i, &certs[i - 1], &options.seeds, &control)?;
+            let mut config = encrypted_config(&lab, i, &certs[i - 1], &options.seeds, &control)?;
+            if let Some(node) = options.node {
+                // [node] comes first and ends where the first network starts.
+                let lines: String = node(i).iter().map(|l| format!("{l}\n")).collect();
+                config = config.replacen("\n[[network]]", &format!("{lines}\n[[network]]"), 1);
+            }
             daemons.push(start_weft(&lab, i, &config)?);
         }
         let hosts: Vec<usize> = (1..=options.hosts).collect();

@@ -116,7 +116,8 @@ fn bad_configs_and_missing_privileges_fail_with_clear_messages() -> Result<()> {
     let mut duplicate_vni = good.clone();
     let mut red = duplicate_vni.networks[0].clone();
     red.name = "red".into();
-    red.subnet = "198.19.1.0/24".into();
+    // Overlay subnets must be disjoint (blue has 198.19.1.0/24).
+    red.subnet = "198.19.2.0/24".into();
     duplicate_vni.networks.push(red);
     // The first network is fine, so weft creates its bridge and TAP before it finds that the second's MTU does
     // not fit; it must take them down again.

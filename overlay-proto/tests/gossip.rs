@@ -166,3 +166,29 @@ fn death_claims_above_the_announced_incarnation_are_refused() {
     sim.run_for(Duration::from_secs(3));
     assert!((0..3).all(|i| sim.nodes[i].gossip.live_members().count() == 2));
 }
+
+#[test]
+fn probes_measure_round_trip_and_clock_offset() {
+    let mut sim = Sim::new(3, SimConfig { seed: 3, jitter: Duration::ZERO, ..SimConfig::default() });
+    let now = sim.now;
+    // Node 2's wall clock runs 5 s ahead; node 1 reports no clock at all.
+    sim.nodes[0].gossip.set_wall_clock(now, 1_700_000_000_000);
+    sim.nodes[2].gossip.set_wall_clock(now, 1_700_000_005_000);
+    for i in 0..3 {
+        sim.join(i, &[0]);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let health: Vec<_> = sim.nodes[0].gossip.member_health().collect();
+    assert_eq!(health.len(), 2);
+    for (id, h) in health {
+        assert_eq!(h.liveness, overlay_proto::gossip::Liveness::Alive);
+        // Two hops of the simulator's 2 ms latency.
+        assert_eq!(h.rtt, Some(Duration::from_millis(4)), "{id:?}");
+        if id == sim.nodes[2].gossip.id() {
+            assert_eq!(h.clock_offset_ms, Some(5_000));
+        } else {
+            assert_eq!(h.clock_offset_ms, None, "a node without a clock reports none");
+        }
+    }
+    assert_eq!(sim.nodes[0].gossip.convergence_lag(sim.now), Duration::ZERO, "a quiet cluster has converged");
+}

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use overlay_proto::codec::Codec;
 use overlay_proto::directory::Directory;
 use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
-use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode};
+use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode, MemberHealth};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
-use overlay_proto::Vni;
+use overlay_proto::{NodeId, Vni};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
@@ -63,6 +63,10 @@ pub struct ControlStatus {
     pub keying: Option<KeyingStats>,
     /// Current SA epoch per peer id: (epoch, when it was agreed).
     pub epochs: Vec<(String, u64, std::time::Instant)>,
+    /// What the probes measured of each live member (state, round trip, clock offset).
+    pub health: Vec<(NodeId, MemberHealth)>,
+    /// How long this node's table has been known to differ from a member's (see `Gossip::convergence_lag`).
+    pub convergence_lag: Duration,
 }
 
 /// Settings of the control plane.
@@ -119,7 +123,9 @@ impl Agent {
             incarnation: clock::wall_millis(),
         };
         let seed = u64::from_le_bytes(identity.id().0[..8].try_into().expect("16-byte id")) ^ local.incarnation;
-        let gossip = Gossip::new(GossipConfig::default(), PkiAuthenticator::new(identity.clone()), local, seed, now);
+        let mut gossip =
+            Gossip::new(GossipConfig::default(), PkiAuthenticator::new(identity.clone()), local, seed, now);
+        gossip.set_wall_clock(now, clock::wall_millis());
         let status = Arc::new(Mutex::new(ControlStatus { id: identity.id().to_string(), ..ControlStatus::default() }));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let keyring =
@@ -199,6 +205,8 @@ impl Driver {
                 Some(event) = local.recv() => self.on_datapath(event),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let now = clock::now();
+                    // Follow steps of the wall clock (acks report it, for the peers' skew checks).
+                    self.gossip.set_wall_clock(now, clock::wall_millis());
                     self.gossip.handle_timeout(now);
                     if let Some(keyring) = &mut self.keyring {
                         keyring.handle_timeout(now, &mut self.rng);
@@ -314,6 +322,9 @@ impl Driver {
             status.members.sort_by(|a, b| a.name.cmp(&b.name));
         }
         status.gossip = self.gossip.stats().clone();
+        status.health.clear();
+        status.health.extend(self.gossip.member_health());
+        status.convergence_lag = self.gossip.convergence_lag(now);
         status.undecodable = self.directory.undecodable;
         // The digest and the epochs change only with gossip and key events; most loops handle a probe.
         if std::mem::take(&mut self.digest_dirty) {

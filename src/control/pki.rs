@@ -783,6 +783,13 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<()
     fs::rename(&tmp, path).map_err(io_error(path))
 }
 
+/// When the certificate in `path` (PEM) expires: for `weft doctor`, which warns before it happens.
+pub fn certificate_not_after(path: &Path) -> Result<UnixTime, PkiError> {
+    let cert = read_certificate(path)?;
+    let parsed = parse(&cert).map_err(|source| PkiError::Certificate { path: path.into(), source })?;
+    Ok(UnixTime::since_unix_epoch(std::time::Duration::from_secs(parsed.not_after.max(0) as u64)))
+}
+
 fn read_certificate(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
     let bytes = fs::read(path).map_err(|source| PkiError::Io { path: path.into(), source })?;
     CertificateDer::from_pem_slice(&bytes).map_err(|source| PkiError::Pem {

@@ -6,6 +6,9 @@
 //! and API queries arrive on a channel (with an eventfd to wake the poll) and are handled between batches, so the
 //! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
 //! other way, to the control plane.
+//!
+//! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, and
+//! frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
 
 use std::io;
 use std::net::IpAddr;
@@ -24,6 +27,8 @@ use overlay_proto::wire::{udp, vxlan};
 use overlay_proto::{neighbor, MacAddr, Vni};
 use weft_crypto::esp;
 
+use super::capture::{CaptureSink, Captures};
+use super::peers::{PeerCounters, PeerTraffic};
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::underlay::{UnderlayIo, UnderlayStats};
 use super::waker::Waker;
@@ -49,6 +54,10 @@ pub enum Query {
     Control(ControlUpdate),
     /// An SA change from the key agreement.
     Key(KeyEvent),
+    /// Open a capture (`weft capture`).
+    CaptureStart(CaptureSink),
+    /// Close the capture with this id.
+    CaptureStop(u64),
 }
 
 /// What the worker tells the control plane.
@@ -93,6 +102,14 @@ pub struct Snapshot {
     pub fdb: Vec<FdbRow>,
     /// Endpoints discovered behind the TAPs: (network index, MAC, addresses).
     pub local: Vec<(usize, MacAddr, Vec<IpAddr>)>,
+    /// Underlay traffic per VTEP.
+    pub peers: Vec<(IpAddr, PeerTraffic)>,
+    /// Traffic of VTEPs beyond the per-peer table.
+    pub peers_overflow: PeerTraffic,
+    /// Packets and bytes sealed by the current outbound SA of each VTEP.
+    pub sa_usage: Vec<(IpAddr, u64, u64)>,
+    /// Captured frames lost to a slow reader.
+    pub capture_dropped: u64,
 }
 
 /// One FDB entry.
@@ -134,6 +151,8 @@ pub struct Datapath {
     offload_errors: u64,
     tap_errors: u64,
     underlay_errors: u64,
+    peers: PeerCounters,
+    captures: Captures,
 }
 
 impl Datapath {
@@ -170,6 +189,8 @@ impl Datapath {
             offload_errors: 0,
             tap_errors: 0,
             underlay_errors: 0,
+            peers: PeerCounters::default(),
+            captures: Captures::default(),
         };
         Ok((worker, handle))
     }
@@ -283,6 +304,9 @@ impl Datapath {
                 }
                 Egress::Drop(_) | Egress::Local => continue,
             };
+            if self.captures.is_active() {
+                self.captures.offer(network, true, &buf[frame.clone()]);
+            }
             match superframe {
                 Some(hdr) => self.send_superframe(network, flow, &hdr, &buf[frame]),
                 None => self.send_frame(network, flow, buf, frame),
@@ -308,6 +332,8 @@ impl Datapath {
             let segment = datagram.len();
             if self.underlay.send_segments(flow, vtep, port == Port::Esp, &target[datagram], segment).is_err() {
                 self.underlay_errors += 1;
+            } else {
+                self.peers.sent(vtep, 1, segment as u64);
             }
         }
     }
@@ -352,6 +378,9 @@ impl Datapath {
             };
             if sent.is_err() {
                 self.underlay_errors += 1;
+            } else {
+                let bytes = self.datagrams.iter().map(|d| d.len() as u64).sum();
+                self.peers.sent(vtep, self.datagrams.len() as u64, bytes);
             }
         }
     }
@@ -368,7 +397,7 @@ impl Datapath {
                     break;
                 }
             };
-            let mut start = RX_OFFSET;
+            let (mut start, mut accepted, mut accepted_bytes) = (RX_OFFSET, 0, 0);
             while start < RX_OFFSET + len {
                 let end = (start + segment).min(RX_OFFSET + len);
                 let datagram = &mut buf[start..end];
@@ -384,9 +413,17 @@ impl Datapath {
                 };
                 if let Ok(ingress) = ingress {
                     let frame = start + ingress.frame.start..start + ingress.frame.end;
+                    (accepted, accepted_bytes) = (accepted + 1, accepted_bytes + (end - start) as u64);
+                    if self.captures.is_active() {
+                        self.captures.offer(ingress.network, false, &buf[frame.clone()]);
+                    }
                     self.deliver(ingress.network, buf, frame, esp_socket);
                 }
                 start = end;
+            }
+            // One GRO batch comes from one sender: one lookup for all of it.
+            if accepted > 0 {
+                self.peers.received(from.ip(), accepted, accepted_bytes);
             }
         }
         self.flush_coalesced();
@@ -457,6 +494,8 @@ impl Datapath {
         match query {
             Query::Control(update) => self.forwarder.handle_control(update),
             Query::Key(event) => self.forwarder.handle_key_event(event),
+            Query::CaptureStart(sink) => self.captures.start(sink),
+            Query::CaptureStop(id) => self.captures.stop(id),
             Query::Snapshot(reply) => {
                 let fdb = self
                     .forwarder
@@ -473,6 +512,10 @@ impl Datapath {
                     underlay: self.underlay.stats(),
                     fdb,
                     local: self.forwarder.local_endpoints().iter().map(|(n, m, ips)| (n, m, ips.to_vec())).collect(),
+                    peers: self.peers.iter().collect(),
+                    peers_overflow: self.peers.overflow,
+                    sa_usage: self.forwarder.sa_usage().collect(),
+                    capture_dropped: self.captures.dropped(),
                 });
             }
         }

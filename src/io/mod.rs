@@ -3,8 +3,10 @@
 //! This is the only module with `unsafe` (the TAP ioctls, socket options, AF_XDP rings and libbpf); each block says
 //! why it is sound.
 
+pub mod capture;
 pub mod datapath;
 pub mod netlink;
+pub mod peers;
 pub mod tap;
 pub mod udp;
 pub mod underlay;

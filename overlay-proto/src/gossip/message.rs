@@ -272,6 +272,9 @@ pub enum Message {
     Ack {
         /// The ping's sequence number.
         seq: u32,
+        /// The responder's wall clock when it answered, in milliseconds since the Unix epoch (0: unknown). The
+        /// prober compares it with its own clock to estimate the skew between the two hosts (`weft doctor`).
+        time_ms: u64,
     },
     /// Please probe `target` for me (SWIM's indirect probe).
     PingReq {
@@ -342,9 +345,10 @@ impl Codec for Message {
                 out.push(0);
                 seq.encode(out);
             }
-            Message::Ack { seq } => {
+            Message::Ack { seq, time_ms } => {
                 out.push(1);
                 seq.encode(out);
+                time_ms.encode(out);
             }
             Message::PingReq { seq, target, addr } => {
                 out.push(2);
@@ -387,7 +391,7 @@ impl Codec for Message {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(match u8::decode(r)? {
             0 => Message::Ping { seq: u32::decode(r)? },
-            1 => Message::Ack { seq: u32::decode(r)? },
+            1 => Message::Ack { seq: u32::decode(r)?, time_ms: u64::decode(r)? },
             2 => Message::PingReq { seq: u32::decode(r)?, target: NodeId::decode(r)?, addr: SocketAddr::decode(r)? },
             3 => Message::IndirectAck { seq: u32::decode(r)? },
             4 => Message::Join { alive: SignedAlive::decode(r)? },
@@ -495,7 +499,7 @@ mod tests {
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
             any::<u32>().prop_map(|seq| Message::Ping { seq }),
-            any::<u32>().prop_map(|seq| Message::Ack { seq }),
+            (any::<u32>(), any::<u64>()).prop_map(|(seq, time_ms)| Message::Ack { seq, time_ms }),
             (any::<u32>(), node_id(), socket_addr()).prop_map(|(seq, target, addr)| Message::PingReq {
                 seq,
                 target,

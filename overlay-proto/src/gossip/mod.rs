@@ -14,4 +14,5 @@ pub mod message;
 pub mod node;
 pub mod table;
 
-pub use node::{Event, Gossip, GossipConfig, GossipError, GossipStats, LocalNode, Transmit};
+pub use message::Liveness;
+pub use node::{Event, Gossip, GossipConfig, GossipError, GossipStats, LocalNode, MemberHealth, Transmit};

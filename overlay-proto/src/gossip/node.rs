@@ -170,6 +170,20 @@ pub struct GossipStats {
     pub refutations: u64,
     /// Snapshots requested from origins.
     pub snapshots_requested: u64,
+    /// Digests received that differed from this node's table in at least one bucket.
+    pub digest_mismatches: u64,
+}
+
+/// What this node measured of a member: its state and the round trip and clock offset of the last direct probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Alive or suspect (dead members are not reported).
+    pub liveness: Liveness,
+    /// Ping → ack round trip of the last direct probe it answered.
+    pub rtt: Option<Duration>,
+    /// Its wall clock minus ours, in milliseconds, estimated at that probe (the ack's timestamp against our clock
+    /// half a round trip earlier). `None` until a probe is answered by a node that reports its clock.
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,12 +208,15 @@ struct Member {
     alive: SignedAlive,
     incarnation: u64,
     state: State,
+    rtt: Option<Duration>,
+    clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Probe {
     target: NodeId,
     seq: u32,
+    sent: Instant,
     indirect_at: Option<Instant>,
     acked: bool,
 }
@@ -250,6 +267,11 @@ pub struct Gossip<A> {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: GossipStats,
+    /// The caller's wall clock at one instant ([`Gossip::set_wall_clock`]), so acks can carry the time.
+    wall_clock: Option<(Instant, u64)>,
+    /// Since when a digest exchange has shown this node's table differing from a member's (cleared by one that
+    /// matched): the convergence lag.
+    diverged_since: Option<Instant>,
 }
 
 impl<A: Authenticator> Gossip<A> {
@@ -298,6 +320,8 @@ impl<A: Authenticator> Gossip<A> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: GossipStats::default(),
+            wall_clock: None,
+            diverged_since: None,
         }
     }
 
@@ -314,6 +338,33 @@ impl<A: Authenticator> Gossip<A> {
     /// Members this node believes alive (suspects included), not counting itself.
     pub fn live_members(&self) -> impl Iterator<Item = (NodeId, &SignedAlive)> {
         self.members.iter().filter(|(_, m)| !matches!(m.state, State::Dead { .. })).map(|(id, m)| (*id, &m.alive))
+    }
+
+    /// Live members (suspects included) with what the probes measured of them.
+    pub fn member_health(&self) -> impl Iterator<Item = (NodeId, MemberHealth)> + '_ {
+        self.members.iter().filter(|(_, m)| !matches!(m.state, State::Dead { .. })).map(|(id, m)| {
+            (*id, MemberHealth { liveness: m.state.liveness(), rtt: m.rtt, clock_offset_ms: m.clock_offset_ms })
+        })
+    }
+
+    /// Tells the node the wall clock (milliseconds since the Unix epoch) at `now`; acks then carry the time so
+    /// probers can estimate clock skew. The caller may call it again to follow clock steps.
+    pub fn set_wall_clock(&mut self, now: Instant, wall_ms: u64) {
+        self.wall_clock = Some((now, wall_ms));
+    }
+
+    fn wall_millis(&self, at: Instant) -> Option<u64> {
+        let (anchor, ms) = self.wall_clock?;
+        Some(match at.checked_duration_since(anchor) {
+            Some(later) => ms + later.as_millis() as u64,
+            None => ms.saturating_sub(anchor.duration_since(at).as_millis() as u64),
+        })
+    }
+
+    /// How long this node's table has been known to differ from a member's: since the first digest that showed a
+    /// difference, until a digest exchange matches again. Zero when the last exchange matched.
+    pub fn convergence_lag(&self, now: Instant) -> Duration {
+        self.diverged_since.map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Whether `id` is currently considered alive or suspect.
@@ -392,8 +443,11 @@ impl<A: Authenticator> Gossip<A> {
         self.stats.bytes_in += bytes.len() as u64;
         let message = Message::from_bytes(bytes).inspect_err(|_| self.stats.malformed += 1)?;
         match message {
-            Message::Ping { seq } => self.send(addr, &Message::Ack { seq }),
-            Message::Ack { seq } => self.handle_ack(from, seq),
+            Message::Ping { seq } => {
+                let time_ms = self.wall_millis(now).unwrap_or(0);
+                self.send(addr, &Message::Ack { seq, time_ms })
+            }
+            Message::Ack { seq, time_ms } => self.handle_ack(now, from, seq, time_ms),
             Message::PingReq { seq, target: _, addr: target_addr } => {
                 let relay_seq = self.take_seq();
                 let expires = now + self.config.probe_interval * 2;
@@ -423,7 +477,11 @@ impl<A: Authenticator> Gossip<A> {
             Message::Digest { buckets } => {
                 let mine = self.buckets();
                 let differing: Vec<u8> = (0..BUCKETS).filter(|b| mine[*b] != buckets[*b]).map(|b| b as u8).collect();
-                if !differing.is_empty() {
+                if differing.is_empty() {
+                    self.diverged_since = None;
+                } else {
+                    self.stats.digest_mismatches += 1;
+                    self.diverged_since.get_or_insert(now);
                     let origins = self.summaries(&differing);
                     self.send(addr, &Message::Summary { reply: true, buckets: differing, origins });
                 }
@@ -449,9 +507,19 @@ impl<A: Authenticator> Gossip<A> {
         Ok(())
     }
 
-    fn handle_ack(&mut self, from: NodeId, seq: u32) {
+    fn handle_ack(&mut self, now: Instant, from: NodeId, seq: u32, time_ms: u64) {
         if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq && p.target == from) {
             probe.acked = true;
+            let sent = probe.sent;
+            let rtt = now.saturating_duration_since(sent);
+            // The peer read its clock about half a round trip after we sent the ping.
+            let ours = self.wall_millis(sent).map(|ms| ms + (rtt / 2).as_millis() as u64);
+            if let Some(m) = self.members.get_mut(&from) {
+                m.rtt = Some(rtt);
+                if let (Some(ours), true) = (ours, time_ms != 0) {
+                    m.clock_offset_ms = Some(time_ms as i64 - ours as i64);
+                }
+            }
             return;
         }
         if let Some(relay) = self.relays.remove(&seq) {
@@ -526,7 +594,13 @@ impl<A: Authenticator> Gossip<A> {
         }
         let id = alive.id;
         let was_live = self.members.get(&id).is_some_and(|m| !matches!(m.state, State::Dead { .. }));
-        let member = Member { incarnation: alive.incarnation, state: State::Alive, alive: alive.clone() };
+        let member = Member {
+            incarnation: alive.incarnation,
+            state: State::Alive,
+            alive: alive.clone(),
+            rtt: None,
+            clock_offset_ms: None,
+        };
         self.members.insert(id, member);
         self.live_cache = None;
         self.suspects.retain(|(_, s)| *s != id);
@@ -800,7 +874,7 @@ impl<A: Authenticator> Gossip<A> {
             let addr = m.alive.addr;
             let seq = self.take_seq();
             let indirect_at = Some(now + self.config.probe_timeout);
-            self.probe = Some(Probe { target, seq, indirect_at, acked: false });
+            self.probe = Some(Probe { target, seq, sent: now, indirect_at, acked: false });
             self.send(addr, &Message::Ping { seq });
             return;
         }

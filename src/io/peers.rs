@@ -1,0 +1,110 @@
+//! Per-peer traffic counters of the data path: a small table of slots keyed by VTEP, allocated once.
+//!
+//! The worker looks a slot up once per send (a frame, or a whole superframe to one VTEP) and once per receive
+//! batch (UDP GRO gives one sender's datagrams together), never per segment. The table never grows past its
+//! capacity, so the hot path neither allocates nor rehashes: VTEPs beyond [`MAX_PEERS`] share one overflow slot.
+
+use std::net::IpAddr;
+
+/// Distinct VTEPs counted on their own; more than that are summed in [`PeerCounters::overflow`].
+pub const MAX_PEERS: usize = 256;
+
+/// Packets and bytes exchanged with one VTEP, counted on the underlay (whole UDP payloads, ESP included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Datagrams sent to it.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Datagrams received from it that were accepted (decrypted and delivered).
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct PeerCounters {
+    slots: Vec<(IpAddr, PeerTraffic)>,
+    /// The slot found last: traffic comes in runs to one VTEP, so most lookups end here.
+    last: usize,
+    /// Every VTEP that found the table full.
+    pub overflow: PeerTraffic,
+}
+
+impl Default for PeerCounters {
+    fn default() -> Self {
+        Self { slots: Vec::with_capacity(MAX_PEERS), last: 0, overflow: PeerTraffic::default() }
+    }
+}
+
+impl PeerCounters {
+    /// The slot of `vtep`, taken on first use while there is room.
+    pub fn slot(&mut self, vtep: IpAddr) -> &mut PeerTraffic {
+        if self.slots.get(self.last).is_some_and(|(ip, _)| *ip == vtep) {
+            return &mut self.slots[self.last].1;
+        }
+        match self.slots.iter().position(|(ip, _)| *ip == vtep) {
+            Some(i) => {
+                self.last = i;
+                &mut self.slots[i].1
+            }
+            // Within the capacity reserved up front, so this push never allocates.
+            None if self.slots.len() < MAX_PEERS => {
+                self.last = self.slots.len();
+                self.slots.push((vtep, PeerTraffic::default()));
+                &mut self.slots.last_mut().expect("just pushed").1
+            }
+            None => &mut self.overflow,
+        }
+    }
+
+    /// Counts `packets` datagrams of `bytes` in total sent to `vtep`.
+    pub fn sent(&mut self, vtep: IpAddr, packets: u64, bytes: u64) {
+        let slot = self.slot(vtep);
+        slot.tx_packets += packets;
+        slot.tx_bytes += bytes;
+    }
+
+    /// Counts `packets` datagrams of `bytes` in total accepted from `vtep`.
+    pub fn received(&mut self, vtep: IpAddr, packets: u64, bytes: u64) {
+        let slot = self.slot(vtep);
+        slot.rx_packets += packets;
+        slot.rx_bytes += bytes;
+    }
+
+    /// Every counted VTEP.
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, PeerTraffic)> + '_ {
+        self.slots.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_vtep_and_overflows_without_growing() {
+        let mut c = PeerCounters::default();
+        let (a, b): (IpAddr, IpAddr) = ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
+        c.sent(a, 3, 300);
+        c.received(a, 1, 100);
+        c.sent(b, 2, 20);
+        c.sent(a, 1, 50);
+        assert_eq!(
+            c.iter().collect::<Vec<_>>(),
+            vec![
+                (a, PeerTraffic { tx_packets: 4, tx_bytes: 350, rx_packets: 1, rx_bytes: 100 }),
+                (b, PeerTraffic { tx_packets: 2, tx_bytes: 20, ..PeerTraffic::default() }),
+            ]
+        );
+        let capacity = c.slots.capacity();
+        for i in 0..(MAX_PEERS as u32 + 10) {
+            c.received(IpAddr::from([198, 18, 1 + (i / 250) as u8, (i % 250) as u8]), 1, 10);
+        }
+        assert_eq!(c.slots.len(), MAX_PEERS);
+        assert_eq!(c.slots.capacity(), capacity, "the table never reallocates");
+        // Two slots were taken by a and b: 266 new VTEPs, 254 free slots.
+        assert_eq!(c.overflow.rx_packets, 12, "the VTEPs beyond the table are summed");
+    }
+}
