@@ -20,6 +20,7 @@
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
@@ -34,6 +35,7 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod ipam;
 pub mod keying;
 pub mod local;
 pub mod neighbor;
