@@ -1,12 +1,14 @@
 //! The JSON API on a unix socket, one request per connection: the client writes one line such as
-//! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods.
+//! `{"method":"stats"}` (methods with arguments add `"params": {...}`) and reads one JSON document back; failures
+//! are `{"error": "..."}`. docs/api.md describes the methods.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use overlay_proto::fdb::Origin;
+use overlay_proto::names::Names;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -15,13 +17,23 @@ use tracing::debug;
 use crate::config::Config;
 use crate::control::agent::ControlStatus;
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
+use crate::services::attach::{AttachRequest, Attacher, DetachRequest};
+
+/// What the API serves from.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    /// The data path.
+    pub queries: DatapathHandle,
+    /// The control plane's status, when there is one.
+    pub control: Option<Arc<Mutex<ControlStatus>>>,
+    /// attach/detach.
+    pub attacher: Arc<Attacher>,
+    /// The cluster's endpoints by name, when there is a control plane.
+    pub names: Option<Arc<RwLock<Names>>>,
+}
 
 /// Binds the socket and serves it on a background task.
-pub fn serve(
-    config: &Config,
-    queries: DatapathHandle,
-    control: Option<Arc<Mutex<ControlStatus>>>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(config: &Config, context: ApiContext) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = &config.node.api_socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {} for node.api_socket", dir.display()))?;
@@ -33,13 +45,14 @@ pub fn serve(
         "underlay": config.node.underlay,
         "networks": config.networks.iter().map(|n| json!({
             "name": n.name, "vni": n.vni, "subnet": n.subnet, "bridge": n.bridge_name(), "tap": n.tap_name(),
+            "gateway": n.gateway_addr(), "internal": n.internal, "domain": n.domain,
         })).collect::<Vec<_>>(),
     });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queries, status, control) = (queries.clone(), status.clone(), control.clone());
+            let (context, status) = (context.clone(), status.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &queries, &status, control.as_deref()).await {
+                if let Err(e) = handle(stream, &context, &status).await {
                     debug!(error = %e, "api request failed");
                 }
             });
@@ -58,12 +71,9 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
 }
 
-async fn handle(
-    stream: UnixStream,
-    queries: &DatapathHandle,
-    status: &Value,
-    control: Option<&Mutex<ControlStatus>>,
-) -> anyhow::Result<()> {
+async fn handle(stream: UnixStream, context: &ApiContext, status: &Value) -> anyhow::Result<()> {
+    let queries = &context.queries;
+    let control = context.control.as_deref();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -74,9 +84,20 @@ async fn handle(
             Some("fdb") => snapshot(queries).await.map(|s| fdb_json(&s)).unwrap_or_else(error),
             Some("endpoints") => snapshot(queries).await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
             Some("peers") => peers_json(control),
-            Some(other) => {
-                error(anyhow::anyhow!("unknown method {other:?}; known: status, stats, fdb, endpoints, peers"))
-            }
+            Some("attach") => match params::<AttachRequest>(&request) {
+                Ok(r) => context.attacher.attach(r).await.map(|a| json!(a)).unwrap_or_else(error),
+                Err(e) => error(e),
+            },
+            Some("detach") => match params::<DetachRequest>(&request) {
+                Ok(r) => context.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
+                Err(e) => error(e),
+            },
+            Some("attachments") => json!({ "attachments": context.attacher.list().await }),
+            Some("services") => services_json(context.names.as_deref(), control),
+            Some(other) => error(anyhow::anyhow!(
+                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, attach, detach, attachments, \
+                 services"
+            )),
             None => error(anyhow::anyhow!("request has no \"method\"")),
         },
         Err(e) => error(anyhow::anyhow!("request is not JSON: {e}")),
@@ -87,8 +108,50 @@ async fn handle(
     Ok(())
 }
 
+/// The request's `params`, as `T`.
+fn params<T: serde::de::DeserializeOwned>(request: &Value) -> anyhow::Result<T> {
+    let params = request.get("params").cloned().unwrap_or(json!({}));
+    serde_json::from_value(params).map_err(|e| anyhow::anyhow!("bad params: {e}"))
+}
+
+/// The cluster's endpoint directory: every endpoint with its owner, name, service and addresses, and each
+/// service's addresses; plus this host's address blocks.
+fn services_json(names: Option<&RwLock<Names>>, control: Option<&Mutex<ControlStatus>>) -> Value {
+    let Some(names) = names else { return error(anyhow::anyhow!("no control plane: no endpoint directory")) };
+    let Ok(names) = names.read() else { return error(anyhow::anyhow!("endpoint directory unavailable")) };
+    let mut services: std::collections::BTreeMap<String, Vec<std::net::IpAddr>> = Default::default();
+    let endpoints: Vec<Value> = names
+        .endpoints()
+        .map(|e| {
+            if let Some(s) = e.service() {
+                services.entry(format!("{}/{s}", e.record.vni)).or_default().extend(e.record.ips.iter().copied());
+            }
+            json!({
+                "vni": e.record.vni.get(), "mac": e.record.mac.to_string(), "ips": e.record.ips,
+                "name": e.record.name, "service": e.service(), "owner": e.owner.to_string(), "vtep": e.record.vtep,
+            })
+        })
+        .collect();
+    let services: Vec<Value> = services
+        .into_iter()
+        .map(|(key, mut ips)| {
+            ips.sort_unstable();
+            let (vni, name) = key.split_once('/').unwrap_or_default();
+            json!({ "vni": vni.parse::<u32>().unwrap_or(0), "service": name, "ips": ips })
+        })
+        .collect();
+    let (blocks, ipam) = match control.and_then(|c| c.lock().ok()) {
+        Some(c) => (
+            c.blocks.iter().map(|(vni, start, len)| json!({ "vni": vni.get(), "block": format!("{start}/{len}") })).collect(),
+            json!({ "claims": c.ipam.claims, "lost": c.ipam.lost, "undecodable": c.ipam.undecodable }),
+        ),
+        None => (Vec::new(), Value::Null),
+    };
+    json!({ "endpoints": endpoints, "services": services, "blocks": blocks, "ipam": ipam })
+}
+
 fn error(e: anyhow::Error) -> Value {
-    json!({ "error": e.to_string() })
+    json!({ "error": format!("{e:#}") })
 }
 
 async fn snapshot(queries: &DatapathHandle) -> anyhow::Result<Snapshot> {

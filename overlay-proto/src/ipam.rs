@@ -135,7 +135,6 @@ pub struct IpamStats {
 /// A block this node claims.
 #[derive(Debug, Clone, Copy)]
 struct MyBlock {
-    claimed_at: u64,
     usable_at: Instant,
 }
 
@@ -209,9 +208,17 @@ impl Ipam {
         Self { me, config, pools: BTreeMap::new(), actions: VecDeque::new(), stats: IpamStats::default() }
     }
 
-    /// Manages `subnet` of network `vni`; `gateway` is never handed out.
-    pub fn add_network(&mut self, vni: Vni, network: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), IpamError> {
-        let block_prefix = self.config.block_prefix;
+    /// Manages subnet `network/prefix` of network `vni` in blocks of `/block_prefix` (the configured default when
+    /// `None`); `gateway` is never handed out.
+    pub fn add_network(
+        &mut self,
+        vni: Vni,
+        network: Ipv4Addr,
+        prefix: u8,
+        block_prefix: Option<u8>,
+        gateway: Ipv4Addr,
+    ) -> Result<(), IpamError> {
+        let block_prefix = block_prefix.unwrap_or(self.config.block_prefix);
         // A subnet smaller than a block is one block; a /31 or /32 has no host addresses.
         if prefix > 30 || !(1..=30).contains(&block_prefix) || u32::from(network) & !mask(prefix) != 0 {
             return Err(IpamError::BadGeometry(network, prefix, block_prefix));
@@ -357,7 +364,7 @@ impl Ipam {
 
     fn claim(&mut self, now: Instant, wall_millis: u64, vni: Vni, index: u32) {
         let pool = self.pools.get_mut(&vni).expect("caller checked the network");
-        pool.mine.insert(index, MyBlock { claimed_at: wall_millis, usable_at: now + self.config.settle });
+        pool.mine.insert(index, MyBlock { usable_at: now + self.config.settle });
         pool.claims.entry(index).or_default().insert(self.me, wall_millis);
         pool.held.remove(&index);
         self.stats.claims += 1;
@@ -461,7 +468,7 @@ mod tests {
 
     fn ipam(i: u8) -> Ipam {
         let mut ipam = Ipam::new(node(i), IpamConfig::default());
-        ipam.add_network(vni(), Ipv4Addr::new(198, 19, 0, 0), 24, Ipv4Addr::new(198, 19, 0, 1)).unwrap();
+        ipam.add_network(vni(), Ipv4Addr::new(198, 19, 0, 0), 24, None, Ipv4Addr::new(198, 19, 0, 1)).unwrap();
         ipam
     }
 
@@ -611,10 +618,10 @@ mod tests {
         let other = Vni::new(7).unwrap();
         assert_eq!(a.allocate(now, 1, other, None), Err(IpamError::UnknownNetwork(other)));
         let net = Ipv4Addr::new(198, 19, 0, 0);
-        assert!(a.add_network(other, net, 31, net).is_err());
-        assert!(a.add_network(other, Ipv4Addr::new(198, 19, 0, 1), 24, net).is_err());
+        assert!(a.add_network(other, net, 31, None, net).is_err());
+        assert!(a.add_network(other, Ipv4Addr::new(198, 19, 0, 1), 24, None, net).is_err());
         // A subnet smaller than a block is one block.
-        assert!(a.add_network(other, net, 28, Ipv4Addr::new(198, 19, 0, 1)).is_ok());
+        assert!(a.add_network(other, net, 28, None, Ipv4Addr::new(198, 19, 0, 1)).is_ok());
     }
 
     proptest! {
