@@ -142,7 +142,10 @@ fn services_json(names: Option<&RwLock<Names>>, control: Option<&Mutex<ControlSt
         .collect();
     let (blocks, ipam) = match control.and_then(|c| c.lock().ok()) {
         Some(c) => (
-            c.blocks.iter().map(|(vni, start, len)| json!({ "vni": vni.get(), "block": format!("{start}/{len}") })).collect(),
+            c.blocks
+                .iter()
+                .map(|(vni, start, len)| json!({ "vni": vni.get(), "block": format!("{start}/{len}") }))
+                .collect(),
             json!({ "claims": c.ipam.claims, "lost": c.ipam.lost, "undecodable": c.ipam.undecodable }),
         ),
         None => (Vec::new(), Value::Null),

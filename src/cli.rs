@@ -20,7 +20,8 @@ pub fn request_with(socket: &Path, method: &str, params: Value) -> anyhow::Resul
     })?;
     // attach may wait for an address block claim to settle (seconds).
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let request = if params.is_null() { json!({ "method": method }) } else { json!({ "method": method, "params": params }) };
+    let request =
+        if params.is_null() { json!({ "method": method }) } else { json!({ "method": method, "params": params }) };
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
     stream.write_all(&line)?;

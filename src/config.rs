@@ -368,9 +368,8 @@ impl Config {
                     format!("/{} must lie between the subnet's /{} and /30", net.block_prefix, net.subnet.prefix_len()),
                 ));
             }
-            let label_ok = |l: &str| {
-                (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            };
+            let label_ok =
+                |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if net.domain.len() > 200 || !net.domain.split('.').all(label_ok) {
                 return Err(invalid(key("domain"), format!("{:?} is not a DNS domain name", net.domain)));
             }
@@ -519,7 +518,10 @@ learning = "any"
         assert!(too_big.contains("network[1].mtu") && too_big.contains("1370"), "{too_big}");
         assert!(!c.networks[0].is_encrypted(), "without [control] networks are plaintext");
         assert_eq!(c.networks[0].gateway_addr(), "198.19.1.1".parse::<IpAddr>().unwrap());
-        assert_eq!((c.networks[0].block_prefix, c.networks[0].internal, c.networks[0].domain.as_str()), (26, false, "weft"));
+        assert_eq!(
+            (c.networks[0].block_prefix, c.networks[0].internal, c.networks[0].domain.as_str()),
+            (26, false, "weft")
+        );
         let mut encrypted = c.networks[0].clone();
         encrypted.encrypted = Some(true);
         assert_eq!(encrypted.overlay_mtu(0, v4, 1500).unwrap(), 1500 - 20 - 30 - 45);

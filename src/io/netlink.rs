@@ -8,8 +8,8 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -159,8 +159,7 @@ impl Netlink {
                 })
                 .join()
         });
-        let (connection, handle, _) =
-            opened.map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+        let (connection, handle, _) = opened.map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
         Ok((Self { handle }, tokio::spawn(connection)))
     }
 
@@ -267,16 +266,18 @@ impl Netlink {
 
 fn address_of(msg: &AddressMessage) -> Option<(IpAddr, u8)> {
     let prefix = msg.header.prefix_len;
-    msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(a) => Some((*a, prefix)),
-        _ => None,
-    })
-    .or_else(|| {
-        msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(a) => Some((*a, prefix)),
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(a) => Some((*a, prefix)),
             _ => None,
         })
-    })
+        .or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(a) => Some((*a, prefix)),
+                _ => None,
+            })
+        })
 }
 
 fn is_default(route: &RouteMessage) -> bool {

@@ -359,10 +359,9 @@ impl Attacher {
     pub async fn detach(&self, request: DetachRequest) -> anyhow::Result<Attachment> {
         let mut attached = self.attached.lock().await;
         let key = (request.netns.clone(), request.network.clone());
-        let attachment = attached
-            .get(&key)
-            .cloned()
-            .with_context(|| format!("{} is not attached to network {:?} on this host", request.netns, request.network))?;
+        let attachment = attached.get(&key).cloned().with_context(|| {
+            format!("{} is not attached to network {:?} on this host", request.netns, request.network)
+        })?;
         self.undo(&attachment).await?;
         attached.remove(&key);
         info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "detached");

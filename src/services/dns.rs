@@ -161,7 +161,12 @@ async fn forward(upstreams: &[SocketAddr], request: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-async fn respond(names: &RwLock<Names>, net: &NetworkInfo, upstreams: &[SocketAddr], request: &[u8]) -> Option<Vec<u8>> {
+async fn respond(
+    names: &RwLock<Names>,
+    net: &NetworkInfo,
+    upstreams: &[SocketAddr],
+    request: &[u8],
+) -> Option<Vec<u8>> {
     let outcome = match names.read() {
         Ok(names) => handle_query(&names, net, request),
         Err(_) => return servfail(request),

@@ -72,7 +72,11 @@ pub fn ruleset(networks: &[NetworkInfo]) -> Value {
             for (a, b) in [(&iif, &oif), (&oif, &iif)] {
                 commands.push(rule(
                     "forward",
-                    vec![matches("==", a.clone(), json!(net.bridge)), matches("!=", b.clone(), json!(net.bridge)), json!({ "drop": null })],
+                    vec![
+                        matches("==", a.clone(), json!(net.bridge)),
+                        matches("!=", b.clone(), json!(net.bridge)),
+                        json!({ "drop": null }),
+                    ],
                 ));
             }
             continue;
