@@ -102,7 +102,7 @@ pub enum AgentCommand {
         /// A specific address, or `None` for any.
         requested: Option<Ipv4Addr>,
         /// The address, or why not.
-        reply: oneshot::Sender<Result<Ipv4Addr, String>>,
+        reply: AddressReply,
     },
     /// Gives an address back.
     Release {
@@ -234,6 +234,10 @@ impl Agent {
     }
 }
 
+/// An allocation waiting for a block claim to settle: (give up at, VNI, requested address, reply).
+type PendingAllocation = (std::time::Instant, Vni, Option<Ipv4Addr>, AddressReply);
+type AddressReply = oneshot::Sender<Result<Ipv4Addr, String>>;
+
 struct Driver {
     gossip: Gossip<PkiAuthenticator>,
     keyring: Option<Keyring>,
@@ -247,8 +251,8 @@ struct Driver {
     /// The record table changed (a gossip event, or a record of our own) since the status last showed it.
     digest_dirty: bool,
     ipam: Ipam,
-    /// Allocations waiting for a block claim to settle: (give up at, VNI, requested, reply).
-    pending: Vec<(std::time::Instant, Vni, Option<Ipv4Addr>, oneshot::Sender<Result<Ipv4Addr, String>>)>,
+    /// Allocations waiting for a block claim to settle.
+    pending: Vec<PendingAllocation>,
     /// Endpoints registered by attach, which discovery leaves alone.
     attached: HashMap<(Vni, MacAddr), EndpointRecord>,
     names: Arc<std::sync::RwLock<Names>>,
