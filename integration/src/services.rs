@@ -3,12 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{exec, exec_stdout, run, weft_bin, Lab};
+pub use crate::weft::weft_json;
+use crate::{exec, exec_stdout, run, Lab};
 
 /// The "internet": a namespace `<lab>-inet` on the underlay switch with this address.
 pub const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -38,22 +38,6 @@ pub fn add_internet(lab: &Lab) -> Result<String> {
         ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(ns)
-}
-
-/// `weft <args> --socket <socket> --json`, parsed; an error carries weft's message.
-pub fn weft_json(socket: &Path, args: &[&str]) -> Result<Value> {
-    let output = Command::new(weft_bin())
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run weft")?;
-    if !output.status.success() {
-        bail!("weft {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim_end());
-    }
-    serde_json::from_slice(&output.stdout).with_context(|| format!("weft {} printed no JSON", args.join(" ")))
 }
 
 /// `weft attach <netns> --network <network> [--name] [--service]` on host `i`; returns the attachment.

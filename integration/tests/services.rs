@@ -232,6 +232,7 @@ fn dns_on_the_gateway_resolves_endpoints_services_and_tasks() -> Result<()> {
     web.sort();
     ensure!(dig_short(client, Some(gateway), &["web-2"])? == [ips["web-2"].clone()]);
     ensure!(dig_short(client, Some(gateway), &["web-2.weft"])? == [ips["web-2"].clone()]);
+    ensure!(dig_short(client, Some(gateway), &["+tcp", "web-2"])? == [ips["web-2"].clone()], "web-2 over TCP");
     ensure!(dig_short(client, Some(gateway), &["web"])? == web, "service web");
     ensure!(dig_short(client, Some(gateway), &["tasks.web"])? == web, "tasks.web");
     ensure!(dig_short(client, Some(gateway), &["-x", &ips["web-2"]])? == ["web-2.weft."], "PTR of web-2");
