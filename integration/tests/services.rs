@@ -165,6 +165,9 @@ fn sixty_endpoints_attached_at_once_get_unique_reachable_addresses_and_detach_cl
 fn egress_is_masqueraded_and_internal_networks_have_none() -> Result<()> {
     let lab = Lab::up("sv2", 2, 0, &["blue", "back"])?;
     let internet = add_internet(&lab)?;
+    // A table left by a weft that crashed is replaced, not added to.
+    exec_stdout(&lab.host(1).ns, &["nft", "add", "table", "inet", "weft"])?;
+    exec_stdout(&lab.host(1).ns, &["nft", "add", "chain", "inet", "weft", "stale"])?;
     let daemons = start_cluster(&lab, 2, &[("blue", VNI, &[]), ("back", INTERNAL_VNI, &["internal = true"])], &[])?;
     for ns in ["sv2-web", "sv2-db", "sv2-cache"] {
         add_netns(ns)?;
@@ -177,6 +180,7 @@ fn egress_is_masqueraded_and_internal_networks_have_none() -> Result<()> {
     let table = exec_stdout(&lab.host(1).ns, &["nft", "list", "table", "inet", "weft"])?;
     ensure!(table.contains("masquerade") && table.contains("198.19.0.0/24"), "table inet weft: {table}");
     ensure!(!table.contains("198.19.1.0/24"), "the internal network is masqueraded: {table}");
+    ensure!(!table.contains("stale"), "the crashed weft's table was not replaced: {table}");
 
     // The internet has no route back to the overlay: only masquerading lets the answer in.
     ping_until("sv2-web", IpAddr::V4(INTERNET), Duration::from_secs(10))?;
