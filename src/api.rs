@@ -1,5 +1,6 @@
 //! The JSON API on a unix socket, one request per connection: the client writes one line such as
-//! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods, one section each.
+//! `{"method":"stats"}` (methods with arguments add `"params": {...}`) and reads one JSON document back; failures
+//! are `{"error": "..."}`. docs/api.md describes the methods, one section each.
 //!
 //! `capture` is the one streaming method: after its JSON answer line, the daemon writes captured frames as binary
 //! records ([`crate::io::capture::CapturedFrame::encode`]) until the count is reached or the client hangs up.
@@ -7,12 +8,13 @@
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use overlay_proto::fdb::Origin;
 use overlay_proto::gossip::Liveness;
+use overlay_proto::names::Names;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,6 +26,7 @@ use crate::control::agent::ControlStatus;
 use crate::io::capture::{self, CaptureSink};
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
 use crate::io::peers::PeerTraffic;
+use crate::services::attach::{AttachRequest, Attacher, DetachRequest};
 
 /// Binds the socket (`node.api_socket` of `api.config`) and serves it on a background task.
 pub fn serve(api: Arc<Api>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -56,6 +59,10 @@ pub struct Api {
     pub control: Option<Arc<Mutex<ControlStatus>>>,
     /// When the daemon started.
     pub started: std::time::Instant,
+    /// attach/detach.
+    pub attacher: Arc<Attacher>,
+    /// The cluster's endpoints by name, when there is a control plane.
+    pub names: Option<Arc<RwLock<Names>>>,
 }
 
 /// A socket file left by a daemon that died is removed; a live one is an error (two daemons, one socket).
@@ -78,6 +85,14 @@ impl Api {
         let response = match serde_json::from_str::<Value>(&line) {
             Ok(request) => match request.get("method").and_then(Value::as_str) {
                 Some("capture") => return self.capture(&request, read, write).await,
+                Some("attach") => match params::<AttachRequest>(&request) {
+                    Ok(r) => self.attacher.attach(r).await.map(|a| json!(a)).unwrap_or_else(error),
+                    Err(e) => error(e),
+                },
+                Some("detach") => match params::<DetachRequest>(&request) {
+                    Ok(r) => self.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
+                    Err(e) => error(e),
+                },
                 Some(method) => self.answer(method).await,
                 None => error(anyhow::anyhow!("request has no \"method\"")),
             },
@@ -91,7 +106,8 @@ impl Api {
         match method {
             "status" => self.status_json(),
             "networks" => json!({ "networks": self.networks_json() }),
-            "services" => json!({ "services": [] }),
+            "services" => services_json(self.names.as_deref(), self.control.as_deref()),
+            "attachments" => json!({ "attachments": self.attacher.list().await }),
             "stats" => self.snapshot().await.map(|s| stats_json(&s)).unwrap_or_else(error),
             "fdb" => self.snapshot().await.map(|s| fdb_json(&s)).unwrap_or_else(error),
             "endpoints" => self.snapshot().await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
@@ -100,7 +116,8 @@ impl Api {
                 Err(e) => error(e),
             },
             other => error(anyhow::anyhow!(
-                "unknown method {other:?}; known: status, networks, services, stats, fdb, endpoints, peers, capture"
+                "unknown method {other:?}; known: status, networks, stats, fdb, endpoints, peers, capture, attach, \
+                 detach, attachments, services"
             )),
         }
     }
@@ -124,7 +141,8 @@ impl Api {
                 json!({
                     "name": n.name, "vni": n.vni, "subnet": n.subnet, "bridge": n.bridge_name(), "tap": n.tap_name(),
                     "encrypted": n.is_encrypted(), "learning": format!("{:?}", n.learning).to_lowercase(),
-                    "mtu": n.mtu, "peers": n.peers,
+                    "mtu": n.mtu, "peers": n.peers, "gateway": n.gateway_addr(), "internal": n.internal,
+                    "domain": n.domain,
                 })
             })
             .collect()
@@ -193,8 +211,53 @@ async fn write_line(write: &mut OwnedWriteHalf, value: &Value) -> anyhow::Result
     Ok(())
 }
 
+/// The request's `params`, as `T`.
+fn params<T: serde::de::DeserializeOwned>(request: &Value) -> anyhow::Result<T> {
+    let params = request.get("params").cloned().unwrap_or(json!({}));
+    serde_json::from_value(params).map_err(|e| anyhow::anyhow!("bad params: {e}"))
+}
+
+/// The cluster's endpoint directory: every endpoint with its owner, name, service and addresses, and each
+/// service's addresses; plus this host's address blocks.
+fn services_json(names: Option<&RwLock<Names>>, control: Option<&Mutex<ControlStatus>>) -> Value {
+    let Some(names) = names else { return error(anyhow::anyhow!("no control plane: no endpoint directory")) };
+    let Ok(names) = names.read() else { return error(anyhow::anyhow!("endpoint directory unavailable")) };
+    let mut services: std::collections::BTreeMap<String, Vec<std::net::IpAddr>> = Default::default();
+    let endpoints: Vec<Value> = names
+        .endpoints()
+        .map(|e| {
+            if let Some(s) = e.service() {
+                services.entry(format!("{}/{s}", e.record.vni)).or_default().extend(e.record.ips.iter().copied());
+            }
+            json!({
+                "vni": e.record.vni.get(), "mac": e.record.mac.to_string(), "ips": e.record.ips,
+                "name": e.record.name, "service": e.service(), "owner": e.owner.to_string(), "vtep": e.record.vtep,
+            })
+        })
+        .collect();
+    let services: Vec<Value> = services
+        .into_iter()
+        .map(|(key, mut ips)| {
+            ips.sort_unstable();
+            let (vni, name) = key.split_once('/').unwrap_or_default();
+            json!({ "vni": vni.parse::<u32>().unwrap_or(0), "service": name, "ips": ips })
+        })
+        .collect();
+    let (blocks, ipam) = match control.and_then(|c| c.lock().ok()) {
+        Some(c) => (
+            c.blocks
+                .iter()
+                .map(|(vni, start, len)| json!({ "vni": vni.get(), "block": format!("{start}/{len}") }))
+                .collect(),
+            json!({ "claims": c.ipam.claims, "lost": c.ipam.lost, "undecodable": c.ipam.undecodable }),
+        ),
+        None => (Vec::new(), Value::Null),
+    };
+    json!({ "endpoints": endpoints, "services": services, "blocks": blocks, "ipam": ipam })
+}
+
 fn error(e: anyhow::Error) -> Value {
-    json!({ "error": e.to_string() })
+    json!({ "error": format!("{e:#}") })
 }
 
 fn stats_json(s: &Snapshot) -> Value {

@@ -3,8 +3,9 @@
 //! ```text
 //!  main.rs / cli ──► daemon ──► io::netlink   (bridges, TAP attach, MTU, underlay check)
 //!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
-//!                      │   ├──► api           (unix socket JSON: status, peers, stats, fdb, capture...)
-//!                      │   └──► metrics       (Prometheus over HTTP, from the same snapshots)
+//!                      │   ├──► api           (unix socket JSON: status, peers, stats, fdb, capture, attach...)
+//!                      │   ├──► metrics       (Prometheus over HTTP, from the same snapshots)
+//!                      │   └──► services      (attach/detach, egress NAT in `inet weft`, DNS on the gateway)
 //!                      └──── config           (TOML, validated before anything is touched)
 //! ```
 //!
@@ -20,3 +21,4 @@ pub mod daemon;
 pub mod doctor;
 pub mod io;
 pub mod metrics;
+pub mod services;

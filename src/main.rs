@@ -42,8 +42,6 @@ enum Command {
     Networks(ClientArgs),
     /// Show the endpoints discovered on this host.
     Endpoints(ClientArgs),
-    /// Show the published services (none exist until service publishing lands).
-    Services(ClientArgs),
     /// Write a network's decrypted inner frames, both directions, as pcap.
     Capture {
         #[command(flatten)]
@@ -60,6 +58,43 @@ enum Command {
     },
     /// Check the host, the config and the running daemon; exits non-zero when something is wrong.
     Doctor(ClientArgs),
+    /// Put a network namespace on an overlay network: veth, address from this host's IPAM blocks, default route via
+    /// the gateway, and a gossiped endpoint record with its name and service.
+    Attach {
+        /// The namespace: a name under /run/netns, or the path of a namespace file.
+        netns: String,
+        /// The network's name.
+        #[arg(long)]
+        network: String,
+        /// The endpoint's DNS name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its service (resolvable as S and tasks.S).
+        #[arg(long)]
+        service: Option<String>,
+        /// `auto`, or a specific IPv4 address of the network's subnet.
+        #[arg(long, default_value = "auto")]
+        ip: String,
+        /// The interface name inside the namespace [default: the first free ethN].
+        #[arg(long)]
+        interface: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Undo `weft attach`: the veth, its address and routes, the record and the address lease.
+    Detach {
+        /// The namespace, as given to attach.
+        netns: String,
+        /// The network's name.
+        #[arg(long)]
+        network: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the endpoints attached on this host.
+    Attachments(ClientArgs),
+    /// Show every endpoint of the cluster by name and service, and this host's address blocks.
+    Services(ClientArgs),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -152,7 +187,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => client(args, "status", weft::cli::print_status),
         Command::Networks(args) => client(args, "networks", weft::cli::print_networks),
-        Command::Services(args) => client(args, "services", weft::cli::print_services),
         Command::Capture { client, network, write, count } => {
             let socket = socket_of(&client)?;
             weft::cli::capture(&socket, &network, count, write.as_deref())
@@ -173,6 +207,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fdb(args) => client(args, "fdb", weft::cli::print_fdb),
         Command::Peers(args) => client(args, "peers", weft::cli::print_peers),
         Command::Endpoints(args) => client(args, "endpoints", weft::cli::print_endpoints),
+        Command::Attach { netns, network, name, service, ip, interface, client: args } => {
+            let params = serde_json::json!({
+                "netns": netns, "network": network, "name": name, "service": service, "ip": ip, "interface": interface,
+            });
+            client_with(args, "attach", params, weft::cli::print_attachment)
+        }
+        Command::Detach { netns, network, client: args } => {
+            let params = serde_json::json!({ "netns": netns, "network": network });
+            client_with(args, "detach", params, |v| weft::cli::print_attachment(&v["detached"]))
+        }
+        Command::Attachments(args) => client(args, "attachments", weft::cli::print_attachments),
+        Command::Services(args) => client(args, "services", weft::cli::print_services),
         Command::Ca(command) => ca(command),
     }
 }
@@ -204,8 +250,17 @@ fn socket_of(args: &ClientArgs) -> anyhow::Result<PathBuf> {
 }
 
 fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
+    client_with(args, method, serde_json::Value::Null, print)
+}
+
+fn client_with(
+    args: ClientArgs,
+    method: &str,
+    params: serde_json::Value,
+    print: fn(&serde_json::Value),
+) -> anyhow::Result<()> {
     let socket = socket_of(&args)?;
-    let value = weft::cli::request(&socket, method)?;
+    let value = weft::cli::request_with(&socket, method, params)?;
     if args.json {
         println!("{value}");
     } else {

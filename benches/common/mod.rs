@@ -41,6 +41,7 @@ pub fn forwarder(now: Instant, local: [u8; 4], peer: [u8; 4], encrypted: bool) -
                 peers: vec![IpAddr::from(peer)],
                 static_fdb: vec![(DST, IpAddr::from(PEER)), (SRC, IpAddr::from(LOCAL))],
                 flood_limit: RateLimit::default(),
+                gateways: Vec::new(),
                 encrypted,
             }],
         },

@@ -20,6 +20,8 @@
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them.
+//! - [`names`]: every endpoint by name and service, for the DNS resolver and the ingress mesh.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
@@ -34,8 +36,10 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod ipam;
 pub mod keying;
 pub mod local;
+pub mod names;
 pub mod neighbor;
 pub mod offload;
 pub mod rng;

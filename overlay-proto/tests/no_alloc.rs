@@ -76,6 +76,7 @@ fn host(local: [u8; 4], peer: [u8; 4], encrypted: bool, now: Instant) -> Forward
                 peers: vec![IpAddr::from(peer)],
                 static_fdb: vec![],
                 flood_limit: RateLimit::default(),
+                gateways: Vec::new(),
                 encrypted,
             }],
         },

@@ -8,10 +8,16 @@
 //!
 //!  keying messages (tag ≥ 0x40) ─► Keyring ─► KeyEvent (SAs) ─► datapath (and the keylog, when asked for)
 //!  member up/down ─► Keyring::add_peer / remove_peer;   SA usage (datapath) ─► Keyring::report_usage
+//!
+//!  AgentCommand (api: attach/detach) ─► Ipam (blk/ claims) and own ep/ records; every ep/ record ─► Names (DNS)
 //! ```
+//!
+//! Endpoints registered by `weft attach` carry a name and labels; frame-based discovery never overwrites or
+//! withdraws them (only `weft detach` does).
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,10 +27,12 @@ use overlay_proto::codec::Codec;
 use overlay_proto::directory::Directory;
 use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode, MemberHealth};
+use overlay_proto::ipam::{Ipam, IpamAction, IpamConfig, IpamStats};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
-use overlay_proto::{NodeId, Vni};
-use tokio::sync::{mpsc, watch};
+use overlay_proto::names::Names;
+use overlay_proto::{MacAddr, NodeId, Vni};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
 
@@ -67,7 +75,59 @@ pub struct ControlStatus {
     pub health: Vec<(NodeId, MemberHealth)>,
     /// How long this node's table has been known to differ from a member's (see `Gossip::convergence_lag`).
     pub convergence_lag: Duration,
+    /// Address management counters.
+    pub ipam: IpamStats,
+    /// Address blocks this host holds: (VNI, first address, prefix length).
+    pub blocks: Vec<(Vni, Ipv4Addr, u8)>,
 }
+
+/// An address pool `weft attach` hands addresses out of.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The network.
+    pub vni: Vni,
+    /// Its IPv4 subnet's network address.
+    pub network: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The block size hosts claim.
+    pub block_prefix: u8,
+    /// Never handed out.
+    pub gateway: Ipv4Addr,
+}
+
+/// What the API asks of the control plane.
+#[derive(Debug)]
+pub enum AgentCommand {
+    /// An address for a new endpoint: `requested`, or any free one. The answer may wait for a block claim to settle.
+    Allocate {
+        /// The network.
+        vni: Vni,
+        /// A specific address, or `None` for any.
+        requested: Option<Ipv4Addr>,
+        /// The address, or why not.
+        reply: AddressReply,
+    },
+    /// Gives an address back.
+    Release {
+        /// The network.
+        vni: Vni,
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// Publishes an attached endpoint.
+    Register(EndpointRecord),
+    /// Withdraws an attached endpoint.
+    Withdraw {
+        /// The network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+    },
+}
+
+/// How long an allocation may wait for a block claim before it fails.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -86,6 +146,8 @@ pub struct AgentConfig {
     pub keying: Option<KeyingConfig>,
     /// Where to append Wireshark ESP SA rows (debug only).
     pub keylog: Option<PathBuf>,
+    /// Address pools for `weft attach`.
+    pub pools: Vec<PoolConfig>,
 }
 
 /// The operating system's CSPRNG, for key shares.
@@ -104,6 +166,10 @@ pub struct Agent {
     task: tokio::task::JoinHandle<()>,
     /// Shared with the API.
     pub status: Arc<Mutex<ControlStatus>>,
+    /// Requests from the API.
+    pub commands: mpsc::Sender<AgentCommand>,
+    /// Every endpoint of the cluster by name and service (readers: DNS, API, ingress).
+    pub names: Arc<std::sync::RwLock<Names>>,
 }
 
 impl Agent {
@@ -128,6 +194,13 @@ impl Agent {
         gossip.set_wall_clock(now, clock::wall_millis());
         let status = Arc::new(Mutex::new(ControlStatus { id: identity.id().to_string(), ..ControlStatus::default() }));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut ipam = Ipam::new(identity.id(), IpamConfig::default());
+        for pool in &config.pools {
+            ipam.add_network(pool.vni, pool.network, pool.prefix, Some(pool.block_prefix), pool.gateway)
+                .map_err(|e| anyhow::anyhow!("address pool of network {}: {e}", pool.vni))?;
+        }
+        let names = Arc::new(std::sync::RwLock::new(Names::default()));
+        let (commands, commands_rx) = mpsc::channel(256);
         let keyring =
             config.keying.clone().map(|k| Keyring::new(k, identity.id(), clock::wall_millis(), seed.rotate_left(17)));
         let keylog = match &config.keylog {
@@ -151,9 +224,13 @@ impl Agent {
             config,
             status: status.clone(),
             digest_dirty: true,
+            ipam,
+            pending: Vec::new(),
+            attached: HashMap::new(),
+            names: names.clone(),
         };
-        let task = tokio::spawn(driver.run(events, datapath_events, shutdown_rx));
-        Ok(Self { shutdown, task, status })
+        let task = tokio::spawn(driver.run(events, datapath_events, commands_rx, shutdown_rx));
+        Ok(Self { shutdown, task, status, commands, names })
     }
 
     /// Announces the leave, flushes it, and stops.
@@ -162,6 +239,10 @@ impl Agent {
         let _ = self.task.await;
     }
 }
+
+/// An allocation waiting for a block claim to settle: (give up at, VNI, requested address, reply).
+type PendingAllocation = (std::time::Instant, Vni, Option<Ipv4Addr>, AddressReply);
+type AddressReply = oneshot::Sender<Result<Ipv4Addr, String>>;
 
 struct Driver {
     gossip: Gossip<PkiAuthenticator>,
@@ -175,6 +256,12 @@ struct Driver {
     status: Arc<Mutex<ControlStatus>>,
     /// The record table changed (a gossip event, or a record of our own) since the status last showed it.
     digest_dirty: bool,
+    ipam: Ipam,
+    /// Allocations waiting for a block claim to settle.
+    pending: Vec<PendingAllocation>,
+    /// Endpoints registered by attach, which discovery leaves alone.
+    attached: HashMap<(Vni, MacAddr), EndpointRecord>,
+    names: Arc<std::sync::RwLock<Names>>,
 }
 
 impl Driver {
@@ -182,6 +269,7 @@ impl Driver {
         mut self,
         mut net: mpsc::Receiver<TransportEvent>,
         mut local: mpsc::Receiver<DatapathEvent>,
+        mut commands: mpsc::Receiver<AgentCommand>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let now = clock::now();
@@ -194,7 +282,8 @@ impl Driver {
         info!(id = %self.gossip.id(), listen = %self.config.listen, seeds = self.config.seeds.len(), "control plane up");
         loop {
             let keying_deadline = self.keyring.as_ref().and_then(Keyring::poll_timeout);
-            let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline))
+            let ipam_deadline = self.ipam.poll_timeout().filter(|_| !self.pending.is_empty());
+            let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline).chain(ipam_deadline))
                 .min()
                 .unwrap_or_else(|| clock::now() + Duration::from_secs(1));
             tokio::select! {
@@ -203,11 +292,13 @@ impl Driver {
                     None => break,
                 },
                 Some(event) = local.recv() => self.on_datapath(event),
+                Some(command) = commands.recv() => self.on_command(command),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let now = clock::now();
                     // Follow steps of the wall clock (acks report it, for the peers' skew checks).
                     self.gossip.set_wall_clock(now, clock::wall_millis());
                     self.gossip.handle_timeout(now);
+                    self.ipam.handle_timeout(now);
                     if let Some(keyring) = &mut self.keyring {
                         keyring.handle_timeout(now, &mut self.rng);
                     }
@@ -259,6 +350,8 @@ impl Driver {
             }
         };
         match event {
+            LocalEvent::Seen { network, mac, .. } | LocalEvent::Gone { network, mac }
+                if self.attached.contains_key(&(self.config.vnis[network], mac)) => {}
             LocalEvent::Seen { network, mac, ips } => {
                 let vni = self.config.vnis[network];
                 let record =
@@ -274,8 +367,79 @@ impl Driver {
         }
     }
 
+    fn on_command(&mut self, command: AgentCommand) {
+        let now = clock::now();
+        match command {
+            AgentCommand::Allocate { vni, requested, reply } => {
+                self.pending.push((now + ALLOCATE_TIMEOUT, vni, requested, reply));
+            }
+            AgentCommand::Release { vni, ip } => self.ipam.release(vni, ip),
+            AgentCommand::Register(record) => {
+                let record = EndpointRecord { vtep: self.config.vtep, ..record };
+                let key = RecordKey::Endpoint(record.vni, record.mac).to_bytes();
+                info!(vni = %record.vni, mac = %record.mac, name = %record.name, ips = ?record.ips, "endpoint attached");
+                self.gossip.set_record(now, key, record.to_bytes());
+                self.set_name(self.gossip.id(), record.clone());
+                self.attached.insert((record.vni, record.mac), record);
+                self.digest_dirty = true;
+            }
+            AgentCommand::Withdraw { vni, mac } => {
+                info!(%vni, %mac, "endpoint detached");
+                self.attached.remove(&(vni, mac));
+                self.gossip.remove_record(now, RecordKey::Endpoint(vni, mac).to_bytes());
+                if let Ok(mut names) = self.names.write() {
+                    names.remove(self.gossip.id(), vni, mac);
+                }
+                self.digest_dirty = true;
+            }
+        }
+    }
+
+    fn set_name(&self, origin: NodeId, record: EndpointRecord) {
+        if let Ok(mut names) = self.names.write() {
+            names.set(origin, record);
+        }
+    }
+
+    /// Answers the allocations that can be answered, claiming blocks for the others.
+    fn serve_allocations(&mut self) {
+        let (now, wall) = (clock::now(), clock::wall_millis());
+        let mut waiting = Vec::new();
+        for (deadline, vni, requested, reply) in std::mem::take(&mut self.pending) {
+            match self.ipam.allocate(now, wall, vni, requested) {
+                Ok(Some(ip)) => {
+                    if reply.send(Ok(ip)).is_err() {
+                        self.ipam.release(vni, ip); // the API gave up waiting
+                    }
+                }
+                Ok(None) if now < deadline => waiting.push((deadline, vni, requested, reply)),
+                Ok(None) => {
+                    let _ = reply.send(Err("timed out waiting for an address block claim to settle".into()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        self.pending = waiting;
+        while let Some(action) = self.ipam.poll_action() {
+            self.digest_dirty = true;
+            match action {
+                IpamAction::SetRecord { key, value } => {
+                    debug!(key = ?key, "claiming an address block");
+                    self.gossip.set_record(now, key, value);
+                }
+                IpamAction::RemoveRecord { key } => {
+                    info!(key = ?key, "lost an address block to an earlier claim; claiming another");
+                    self.gossip.remove_record(now, key);
+                }
+            }
+        }
+    }
+
     /// Sends what the gossip node wants sent and applies what it learnt.
     fn flush(&mut self) {
+        self.serve_allocations();
         while let Some(t) = self.gossip.poll_transmit() {
             let data = Bytes::from(t.payload);
             if t.reliable {
@@ -303,8 +467,22 @@ impl Driver {
                         keyring.remove_peer(id);
                     }
                 }
-                _ => {}
+                Event::RecordSet { origin, key, value } => {
+                    if let Some(RecordKey::Endpoint(..)) = RecordKey::parse(key) {
+                        if let Ok(record) = EndpointRecord::from_bytes(value) {
+                            self.set_name(*origin, record);
+                        }
+                    }
+                }
+                Event::RecordRemoved { origin, key } => {
+                    if let Some(RecordKey::Endpoint(vni, mac)) = RecordKey::parse(key) {
+                        if let Ok(mut names) = self.names.write() {
+                            names.remove(*origin, vni, mac);
+                        }
+                    }
+                }
             }
+            self.ipam.handle_event(now, &event);
             for update in self.directory.handle_event(&event) {
                 if self.datapath.send(Query::Control(update)).is_err() {
                     warn!("data path queue full: a control-plane update was dropped; anti-entropy will repair it");
@@ -326,6 +504,8 @@ impl Driver {
         status.health.extend(self.gossip.member_health());
         status.convergence_lag = self.gossip.convergence_lag(now);
         status.undecodable = self.directory.undecodable;
+        status.ipam = self.ipam.stats().clone();
+        status.blocks = self.ipam.my_blocks(now);
         // The digest and the epochs change only with gossip and key events; most loops handle a probe.
         if std::mem::take(&mut self.digest_dirty) {
             status.table_digest = self.gossip.table_digest();
