@@ -129,6 +129,7 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
             "malformed": g.malformed, "rejected": g.rejected, "refutations": g.refutations,
             "snapshots_requested": g.snapshots_requested, "undecodable_records": c.undecodable,
         },
+        "transport": c.transport,
         "keying": c.keying.as_ref().map(|k| json!({ "rekeys": k.rekeys, "refused": k.refused, "retries": k.retries })),
         "epochs": c.epochs.iter().map(|(id, epoch, at)| {
             json!({ "id": id, "epoch": epoch, "age_secs": crate::clock::now().saturating_duration_since(*at).as_secs() })

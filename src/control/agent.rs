@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
 
 use super::pki::{NodeIdentity, PkiAuthenticator};
-use super::transport::{Transport, TransportConfig, TransportEvent};
+use super::transport::{Transport, TransportConfig, TransportEvent, TransportStatsSnapshot};
 use crate::clock;
 use crate::io::datapath::{DatapathEvent, DatapathHandle, Query};
 
@@ -63,6 +63,8 @@ pub struct ControlStatus {
     pub keying: Option<KeyingStats>,
     /// Current SA epoch per peer id: (epoch, when it was agreed).
     pub epochs: Vec<(String, u64, std::time::Instant)>,
+    /// QUIC transport counters: handshakes refused, connect failures, datagrams and messages dropped.
+    pub transport: TransportStatsSnapshot,
 }
 
 /// Settings of the control plane.
@@ -315,6 +317,7 @@ impl Driver {
         }
         status.gossip = self.gossip.stats().clone();
         status.undecodable = self.directory.undecodable;
+        status.transport = self.transport.stats().snapshot();
         // The digest and the epochs change only with gossip and key events; most loops handle a probe.
         if std::mem::take(&mut self.digest_dirty) {
             status.table_digest = self.gossip.table_digest();
