@@ -248,6 +248,9 @@ struct Pair {
     inbound: Vec<(Spi, Option<Instant>)>,
     /// Responder: when the last request was sent.
     requested_at: Option<Instant>,
+    /// A new connection from the peer came up since the last agreement: a request from it is a new life asking,
+    /// not one crossing our last offer (see [`Keyring::peer_reconnected`]).
+    reconnected: bool,
     /// Usage of the current outbound SA, as reported.
     used_packets: u64,
     used_bytes: u64,
@@ -319,6 +322,7 @@ impl Keyring {
                 awaiting: None,
                 inbound: Vec::new(),
                 requested_at: None,
+                reconnected: false,
                 used_packets: 0,
                 used_bytes: 0,
             },
@@ -341,6 +345,16 @@ impl Keyring {
             self.spis.remove(&p.spi.get());
         }
         self.events.push_back(KeyEvent::RemoveOutbound { vtep: pair.vtep });
+    }
+
+    /// Tells the keyring that a new authenticated connection from `id` came up while it was a peer. A node that
+    /// restarts dials afresh, so a request that follows comes from a new life of the peer with no keys, even
+    /// within a retry period of our last agreement (when a request is otherwise taken to have crossed our offer
+    /// and is ignored): the initiator then offers at once instead of waiting for the peer's retry.
+    pub fn peer_reconnected(&mut self, id: &NodeId) {
+        if let Some(pair) = self.peers.get_mut(id) {
+            pair.reconnected = pair.established_at.is_some();
+        }
     }
 
     /// Usage of the outbound SA to `peer`'s VTEP since it was installed, as counted by the data path.
@@ -368,6 +382,7 @@ impl Keyring {
         let spi = self.allocate_spi();
         let share = KeyShare::generate(rng);
         let Some(pair) = self.peers.get_mut(&id) else { return };
+        pair.reconnected = false;
         if let Some(old) = pair.pending.take() {
             self.spis.remove(&old.spi.get());
         }
@@ -433,7 +448,7 @@ impl Keyring {
                 let wanted = self.peers.get(&from).is_some_and(|p| {
                     let current = (session, epoch) == (session_now, p.current.1) && p.established_at.is_some();
                     let fresh = p.established_at.is_some_and(|at| now.saturating_duration_since(at) < retry);
-                    p.pending.is_none() && (current || !fresh)
+                    p.pending.is_none() && (current || !fresh || p.reconnected)
                 });
                 if wanted {
                     self.offer(now, rng, from);
@@ -805,6 +820,48 @@ mod tests {
         p.sa = Sas::default();
         let now = p.now;
         p.a.add_peer(now, &mut p.rng, HIGH, addr(2), vtep(2));
+        p.pump(0);
+        assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa));
+    }
+
+    #[test]
+    fn a_responder_restarted_right_after_an_agreement_is_keyed_again_at_once() {
+        // Regression (reliability suite, kill -9 test): a responder killed and restarted within the retry period
+        // of its last agreement had its request taken for one crossing that agreement, and ignored; traffic
+        // waited for its retry, 2 s later.
+        let mut p = Pairing::new(KeyingConfig::default());
+        p.pump(0);
+        p.advance(Duration::from_millis(500));
+        p.b = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        p.sb = Sas::default();
+        // Its new life dials in before it asks for keys.
+        p.a.peer_reconnected(&HIGH);
+        let now = p.now;
+        p.b.add_peer(now, &mut p.rng, LOW, addr(1), vtep(1));
+        p.pump(0);
+        assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa), "keyed again without waiting for a retry");
+        assert_eq!(p.a.epoch(&HIGH).map(|e| e.0), Some(2));
+        // Once agreed, a crossing request is ignored again: no third epoch.
+        p.advance(Duration::from_millis(100));
+        let request = KeyMessage::Request { session: 0, epoch: 0 }.to_bytes();
+        let (now, rng) = (p.now, &mut p.rng);
+        p.a.handle_message(now, rng, HIGH, &request).unwrap();
+        assert!(p.a.poll_transmit().is_none(), "a crossing request after the new agreement starts nothing");
+    }
+
+    #[test]
+    fn a_responder_restarted_right_after_an_agreement_waits_for_its_retry_without_the_hint() {
+        // Without the reconnection hint the initiator cannot tell the new life's request from a crossing one.
+        let mut p = Pairing::new(KeyingConfig::default());
+        p.pump(0);
+        p.advance(Duration::from_millis(500));
+        p.b = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        p.sb = Sas::default();
+        let now = p.now;
+        p.b.add_peer(now, &mut p.rng, LOW, addr(1), vtep(1));
+        p.pump(0);
+        assert!(!p.sb.can_reach(&p.sa), "no keys until the responder's retry");
+        p.advance(Duration::from_secs(2));
         p.pump(0);
         assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa));
     }

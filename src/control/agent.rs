@@ -233,7 +233,13 @@ impl Driver {
                 }
             }
             TransportEvent::Refused { addr, reason } => warn!(%addr, %reason, "refused a control-plane peer"),
-            TransportEvent::PeerUp { id, addr } => debug!(peer = ?id, %addr, "connection up"),
+            TransportEvent::PeerUp { id, addr } => {
+                debug!(peer = ?id, %addr, "connection up");
+                // A peer that restarted dials in afresh: let its key request be answered at once.
+                if let Some(keyring) = &mut self.keyring {
+                    keyring.peer_reconnected(&id);
+                }
+            }
             TransportEvent::PeerDown { id, addr } => debug!(peer = ?id, %addr, "connection down"),
         }
     }
