@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod encrypted;
+pub mod reliability;
 pub mod weft;
 
 /// How often [`wait_until`] asks again.
