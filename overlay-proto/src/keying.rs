@@ -268,7 +268,16 @@ pub struct Keyring {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<KeyEvent>,
     stats: KeyingStats,
+    /// The last message of each node that was not a peer when it arrived, and when: a node that just (re)started
+    /// can send its offer before the membership event that makes it our peer. Handled by [`Keyring::add_peer`],
+    /// so the exchange need not wait for a retry. At most [`EARLY_MAX`] entries, each kept [`EARLY_TTL`].
+    early: BTreeMap<NodeId, (Instant, Vec<u8>)>,
 }
+
+/// How many messages from nodes that are not (yet) peers are held, one per node.
+const EARLY_MAX: usize = 64;
+/// How long such a message is held.
+const EARLY_TTL: Duration = Duration::from_secs(5);
 
 impl Keyring {
     /// A keyring for node `local`, whose start time is `session`; `seed` drives SPI choice (not secret).
@@ -283,6 +292,7 @@ impl Keyring {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: KeyingStats::default(),
+            early: BTreeMap::new(),
         }
     }
 
@@ -331,6 +341,12 @@ impl Keyring {
             self.offer(now, rng, id);
         } else {
             self.request(now, id);
+        }
+        if let Some((at, bytes)) = self.early.remove(&id) {
+            if now.saturating_duration_since(at) < EARLY_TTL {
+                // Counted as refused when it arrived; whatever it is now is counted by handle_message.
+                let _ = self.handle_message(now, rng, id, &bytes);
+            }
         }
     }
 
@@ -425,6 +441,12 @@ impl Keyring {
         let message = KeyMessage::from_bytes(bytes).inspect_err(|_| self.stats.refused += 1)?;
         let Some(pair) = self.peers.get(&from) else {
             self.stats.refused += 1;
+            if self.early.len() >= EARLY_MAX {
+                self.early.retain(|_, (at, _)| now.saturating_duration_since(*at) < EARLY_TTL);
+            }
+            if self.early.len() < EARLY_MAX || self.early.contains_key(&from) {
+                self.early.insert(from, (now, bytes.to_vec()));
+            }
             return Err(KeyingError::UnknownPeer);
         };
         let initiator = pair.initiator;
@@ -847,6 +869,44 @@ mod tests {
         let (now, rng) = (p.now, &mut p.rng);
         p.a.handle_message(now, rng, HIGH, &request).unwrap();
         assert!(p.a.poll_transmit().is_none(), "a crossing request after the new agreement starts nothing");
+    }
+
+    #[test]
+    fn an_offer_that_arrives_before_the_peer_is_known_is_answered_once_it_is() {
+        // Regression (reliability suite, rolling restart): the initiator saw the restarted responder join and
+        // offered at once; the offer reached the responder before the initiator was a member there, was refused
+        // as from an unknown peer, and the keys waited 2 s for the initiator's retry.
+        let config = KeyingConfig::default();
+        let now = Instant::now();
+        let mut rng = TestRng(1);
+        let mut a = Keyring::new(config.clone(), LOW, 100, 1);
+        let mut b = Keyring::new(config, HIGH, 200, 2);
+        a.add_peer(now, &mut rng, HIGH, addr(2), vtep(2));
+        let (_, offer) = a.poll_transmit().expect("the initiator offers at once");
+        assert_eq!(b.handle_message(now, &mut rng, LOW, &offer), Err(KeyingError::UnknownPeer));
+        // A moment later the membership event arrives: the held offer is answered, no retry needed.
+        let later = now + Duration::from_millis(50);
+        b.add_peer(later, &mut rng, LOW, addr(1), vtep(1));
+        let answers: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_transmit().map(|(_, m)| m)).collect();
+        for m in &answers {
+            a.handle_message(later, &mut rng, HIGH, m).unwrap();
+        }
+        while let Some((_, m)) = a.poll_transmit() {
+            b.handle_message(later, &mut rng, LOW, &m).unwrap();
+        }
+        assert_eq!(a.epoch(&HIGH).map(|e| e.0), Some(1), "agreed on the first offer");
+        assert_eq!(b.epoch(&LOW).map(|e| e.0), Some(1));
+        assert_eq!(a.stats().retries, 0);
+
+        // Held messages expire, and a stranger cannot make the keyring hold more than EARLY_MAX.
+        let mut c = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        for n in 0..200u8 {
+            let _ = c.handle_message(now, &mut rng, NodeId([n; 16]), &offer);
+        }
+        assert!(c.early.len() <= EARLY_MAX);
+        let stale = now + EARLY_TTL + Duration::from_secs(1);
+        c.add_peer(stale, &mut rng, NodeId([0; 16]), addr(1), vtep(1));
+        assert!(c.epoch(&NodeId([0; 16])).is_none());
     }
 
     #[test]
