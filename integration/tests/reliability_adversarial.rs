@@ -28,16 +28,16 @@ const STRANGER: &str = "198.18.0.99";
 /// Packets per injection phase, and their rate.
 const COUNT: u64 = 5000;
 const RATE: &str = "20000";
-/// Rounds of all phases.
-const ROUNDS: u64 = 2;
+/// Rounds of all phases (enough for an RSS trend to show).
+const ROUNDS: u64 = 6;
 /// Foreign-CA handshakes per round, and how many at a time.
 const HANDSHAKES: u64 = 150;
 const CONCURRENCY: &str = "25";
 /// How long the legitimate pings run (the attack must end before).
-const PING_SECS: u64 = 100;
+const PING_SECS: u64 = 50;
 /// RSS bound for weft under attack, and the growth allowed from early to late in the attack.
-const RSS_BOUND_KIB: u64 = 256 << 10;
-const RSS_SLACK_KIB: u64 = 16 << 10;
+const RSS_BOUND_KIB: u64 = 64 << 10;
+const RSS_SLACK_KIB: u64 = 4 << 10;
 
 /// What a phase must move.
 #[derive(Clone, Copy, Debug)]

