@@ -264,19 +264,24 @@ pub struct Iperf {
     pub started: f64,
 }
 
+/// What an [`Iperf`] run sends.
+#[derive(Clone, Copy, Debug)]
+pub struct IperfLoad<'a> {
+    /// Server port.
+    pub port: u16,
+    /// Duration, seconds.
+    pub secs: u64,
+    /// Target rate (`-b`), such as "200M".
+    pub rate: &'a str,
+    /// Report interval (`-i`), seconds.
+    pub interval: f64,
+}
+
 impl Iperf {
     /// Starts `iperf3 -c addr -t secs -b rate -i interval --json --get-server-output` in `from` against a server
     /// in `to` on `port`.
-    pub fn start(
-        lab: &Lab,
-        from: &Container,
-        to: &Container,
-        addr: IpAddr,
-        port: u16,
-        secs: u64,
-        rate: &str,
-        interval: f64,
-    ) -> Result<Iperf> {
+    pub fn start(lab: &Lab, from: &Container, to: &Container, addr: IpAddr, load: IperfLoad) -> Result<Iperf> {
+        let IperfLoad { port, secs, rate, interval } = load;
         let port_s = port.to_string();
         let server = lab.spawn(&to.ns, &["iperf3", "-s", "-1", "--json", "-p", &port_s])?;
         wait_until(Duration::from_secs(5), "iperf3 -s to listen", || tcp_listening(&to.ns, port))?;

@@ -18,7 +18,7 @@ use anyhow::{ensure, Context, Result};
 use weft_integration::encrypted::{wait_counter, wait_keys, VNI};
 use weft_integration::reliability::{
     check_churn_report, churn_under_loss, first_reply_after, longest_gap, longest_stall, receiver_intervals, unix_now,
-    Churn, ChurnOptions, Cluster, Fault, Iperf, MacChurn, PingStream, Stop,
+    Churn, ChurnOptions, Cluster, Fault, Iperf, IperfLoad, MacChurn, PingStream, Stop,
 };
 use weft_integration::weft::{fdb, other_names, peers, ping_mesh, query, wait_gossip_fdb};
 use weft_integration::{ping, ping_until, wait_until};
@@ -34,7 +34,13 @@ fn a_router_killed_under_load_resumes_traffic_within_2_s_of_its_restart() -> Res
     let (a, b) = (cluster.container(1, 1), cluster.container(2, 1));
     ping_until(&a.ns, b.ipv4.into(), Duration::from_secs(10))?;
     // Load: a TCP stream at 200 Mbit/s from host 1 to host 2, and a ping every 50 ms to time the outage with.
-    let iperf = Iperf::start(&cluster.lab, &a, &b, IpAddr::V4(b.ipv4), 5201, SECS, "200M", 0.2)?;
+    let iperf = Iperf::start(
+        &cluster.lab,
+        &a,
+        &b,
+        IpAddr::V4(b.ipv4),
+        IperfLoad { port: 5201, secs: SECS, rate: "200M", interval: 0.2 },
+    )?;
     let pings = PingStream::start(&cluster.lab, &a.ns, b.ipv4.into(), 0.05, SECS)?;
     let opened = weft_integration::weft::counter(&query(&cluster.lab, 2, "stats")?, "esp_opened")?;
     wait_counter(&cluster.lab, 2, "esp_opened", opened + 20_000, Duration::from_secs(10))?;
@@ -232,7 +238,13 @@ fn a_rolling_restart_keeps_a_tcp_connection() -> Result<()> {
     let mut cluster = Cluster::up("rlroll", 3, 1, &[])?;
     let (a, b) = (cluster.container(1, 1), cluster.container(2, 1));
     ping_until(&a.ns, b.ipv4.into(), Duration::from_secs(10))?;
-    let iperf = Iperf::start(&cluster.lab, &a, &b, IpAddr::V4(b.ipv4), 5201, SECS, "20M", 0.5)?;
+    let iperf = Iperf::start(
+        &cluster.lab,
+        &a,
+        &b,
+        IpAddr::V4(b.ipv4),
+        IperfLoad { port: 5201, secs: SECS, rate: "20M", interval: 0.5 },
+    )?;
     let run = Instant::now();
     let mut restarts = Vec::new();
     for i in cluster.hosts() {

@@ -170,7 +170,7 @@ fn payload(o: &Options, junk: &mut Junk, i: u64) -> Result<(u16, Vec<u8>, Option
             (4789, p, None)
         }
         "vxlan-huge-vni" => {
-            let vni = if i % 2 == 0 { 0xff_ffff } else { 4096 + junk.below(0xff_ffff - 4096) as u32 };
+            let vni = if i.is_multiple_of(2) { 0xff_ffff } else { 4096 + junk.below(0xff_ffff - 4096) as u32 };
             let mut p = vxlan_header(VXLAN_FLAG_I, vni);
             p.extend(frame(junk, BROADCAST, STRANGE_MAC));
             (4789, p, None)
@@ -213,7 +213,7 @@ fn payload(o: &Options, junk: &mut Junk, i: u64) -> Result<(u16, Vec<u8>, Option
             (4500, p, None)
         }
         "esp-short" => {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 (4500, junk.some_bytes(4), None)
             } else {
                 // SPI, sequence number and IV of a packet ahead of the window, but no room for an ICV.
