@@ -351,6 +351,7 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> Value {
             "snapshots_requested": g.snapshots_requested, "digest_mismatches": g.digest_mismatches,
             "undecodable_records": c.undecodable,
         },
+        "transport": c.transport,
         "keying": c.keying.as_ref().map(|k| json!({ "rekeys": k.rekeys, "refused": k.refused, "retries": k.retries })),
         "epochs": c.epochs.iter().map(|(id, epoch, at)| {
             json!({ "id": id, "epoch": epoch, "age_secs": now.saturating_duration_since(*at).as_secs() })

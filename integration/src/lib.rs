@@ -36,6 +36,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub mod encrypted;
 pub mod services;
+pub mod reliability;
 pub mod weft;
 
 /// How often [`wait_until`] asks again.

@@ -248,6 +248,9 @@ struct Pair {
     inbound: Vec<(Spi, Option<Instant>)>,
     /// Responder: when the last request was sent.
     requested_at: Option<Instant>,
+    /// A new connection from the peer came up since the last agreement: a request from it is a new life asking,
+    /// not one crossing our last offer (see [`Keyring::peer_reconnected`]).
+    reconnected: bool,
     /// Usage of the current outbound SA, as reported.
     used_packets: u64,
     used_bytes: u64,
@@ -265,7 +268,16 @@ pub struct Keyring {
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<KeyEvent>,
     stats: KeyingStats,
+    /// The last message of each node that was not a peer when it arrived, and when: a node that just (re)started
+    /// can send its offer before the membership event that makes it our peer. Handled by [`Keyring::add_peer`],
+    /// so the exchange need not wait for a retry. At most [`EARLY_MAX`] entries, each kept [`EARLY_TTL`].
+    early: BTreeMap<NodeId, (Instant, Vec<u8>)>,
 }
+
+/// How many messages from nodes that are not (yet) peers are held, one per node.
+const EARLY_MAX: usize = 64;
+/// How long such a message is held.
+const EARLY_TTL: Duration = Duration::from_secs(5);
 
 impl Keyring {
     /// A keyring for node `local`, whose start time is `session`; `seed` drives SPI choice (not secret).
@@ -280,6 +292,7 @@ impl Keyring {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: KeyingStats::default(),
+            early: BTreeMap::new(),
         }
     }
 
@@ -319,6 +332,7 @@ impl Keyring {
                 awaiting: None,
                 inbound: Vec::new(),
                 requested_at: None,
+                reconnected: false,
                 used_packets: 0,
                 used_bytes: 0,
             },
@@ -327,6 +341,12 @@ impl Keyring {
             self.offer(now, rng, id);
         } else {
             self.request(now, id);
+        }
+        if let Some((at, bytes)) = self.early.remove(&id) {
+            if now.saturating_duration_since(at) < EARLY_TTL {
+                // Counted as refused when it arrived; whatever it is now is counted by handle_message.
+                let _ = self.handle_message(now, rng, id, &bytes);
+            }
         }
     }
 
@@ -341,6 +361,16 @@ impl Keyring {
             self.spis.remove(&p.spi.get());
         }
         self.events.push_back(KeyEvent::RemoveOutbound { vtep: pair.vtep });
+    }
+
+    /// Tells the keyring that a new authenticated connection from `id` came up while it was a peer. A node that
+    /// restarts dials afresh, so a request that follows comes from a new life of the peer with no keys, even
+    /// within a retry period of our last agreement (when a request is otherwise taken to have crossed our offer
+    /// and is ignored): the initiator then offers at once instead of waiting for the peer's retry.
+    pub fn peer_reconnected(&mut self, id: &NodeId) {
+        if let Some(pair) = self.peers.get_mut(id) {
+            pair.reconnected = pair.established_at.is_some();
+        }
     }
 
     /// Usage of the outbound SA to `peer`'s VTEP since it was installed, as counted by the data path.
@@ -368,6 +398,7 @@ impl Keyring {
         let spi = self.allocate_spi();
         let share = KeyShare::generate(rng);
         let Some(pair) = self.peers.get_mut(&id) else { return };
+        pair.reconnected = false;
         if let Some(old) = pair.pending.take() {
             self.spis.remove(&old.spi.get());
         }
@@ -410,6 +441,12 @@ impl Keyring {
         let message = KeyMessage::from_bytes(bytes).inspect_err(|_| self.stats.refused += 1)?;
         let Some(pair) = self.peers.get(&from) else {
             self.stats.refused += 1;
+            if self.early.len() >= EARLY_MAX {
+                self.early.retain(|_, (at, _)| now.saturating_duration_since(*at) < EARLY_TTL);
+            }
+            if self.early.len() < EARLY_MAX || self.early.contains_key(&from) {
+                self.early.insert(from, (now, bytes.to_vec()));
+            }
             return Err(KeyingError::UnknownPeer);
         };
         let initiator = pair.initiator;
@@ -433,7 +470,7 @@ impl Keyring {
                 let wanted = self.peers.get(&from).is_some_and(|p| {
                     let current = (session, epoch) == (session_now, p.current.1) && p.established_at.is_some();
                     let fresh = p.established_at.is_some_and(|at| now.saturating_duration_since(at) < retry);
-                    p.pending.is_none() && (current || !fresh)
+                    p.pending.is_none() && (current || !fresh || p.reconnected)
                 });
                 if wanted {
                     self.offer(now, rng, from);
@@ -805,6 +842,86 @@ mod tests {
         p.sa = Sas::default();
         let now = p.now;
         p.a.add_peer(now, &mut p.rng, HIGH, addr(2), vtep(2));
+        p.pump(0);
+        assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa));
+    }
+
+    #[test]
+    fn a_responder_restarted_right_after_an_agreement_is_keyed_again_at_once() {
+        // Regression (reliability suite, kill -9 test): a responder killed and restarted within the retry period
+        // of its last agreement had its request taken for one crossing that agreement, and ignored; traffic
+        // waited for its retry, 2 s later.
+        let mut p = Pairing::new(KeyingConfig::default());
+        p.pump(0);
+        p.advance(Duration::from_millis(500));
+        p.b = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        p.sb = Sas::default();
+        // Its new life dials in before it asks for keys.
+        p.a.peer_reconnected(&HIGH);
+        let now = p.now;
+        p.b.add_peer(now, &mut p.rng, LOW, addr(1), vtep(1));
+        p.pump(0);
+        assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa), "keyed again without waiting for a retry");
+        assert_eq!(p.a.epoch(&HIGH).map(|e| e.0), Some(2));
+        // Once agreed, a crossing request is ignored again: no third epoch.
+        p.advance(Duration::from_millis(100));
+        let request = KeyMessage::Request { session: 0, epoch: 0 }.to_bytes();
+        let (now, rng) = (p.now, &mut p.rng);
+        p.a.handle_message(now, rng, HIGH, &request).unwrap();
+        assert!(p.a.poll_transmit().is_none(), "a crossing request after the new agreement starts nothing");
+    }
+
+    #[test]
+    fn an_offer_that_arrives_before_the_peer_is_known_is_answered_once_it_is() {
+        // Regression (reliability suite, rolling restart): the initiator saw the restarted responder join and
+        // offered at once; the offer reached the responder before the initiator was a member there, was refused
+        // as from an unknown peer, and the keys waited 2 s for the initiator's retry.
+        let config = KeyingConfig::default();
+        let now = Instant::now();
+        let mut rng = TestRng(1);
+        let mut a = Keyring::new(config.clone(), LOW, 100, 1);
+        let mut b = Keyring::new(config, HIGH, 200, 2);
+        a.add_peer(now, &mut rng, HIGH, addr(2), vtep(2));
+        let (_, offer) = a.poll_transmit().expect("the initiator offers at once");
+        assert_eq!(b.handle_message(now, &mut rng, LOW, &offer), Err(KeyingError::UnknownPeer));
+        // A moment later the membership event arrives: the held offer is answered, no retry needed.
+        let later = now + Duration::from_millis(50);
+        b.add_peer(later, &mut rng, LOW, addr(1), vtep(1));
+        let answers: Vec<Vec<u8>> = std::iter::from_fn(|| b.poll_transmit().map(|(_, m)| m)).collect();
+        for m in &answers {
+            a.handle_message(later, &mut rng, HIGH, m).unwrap();
+        }
+        while let Some((_, m)) = a.poll_transmit() {
+            b.handle_message(later, &mut rng, LOW, &m).unwrap();
+        }
+        assert_eq!(a.epoch(&HIGH).map(|e| e.0), Some(1), "agreed on the first offer");
+        assert_eq!(b.epoch(&LOW).map(|e| e.0), Some(1));
+        assert_eq!(a.stats().retries, 0);
+
+        // Held messages expire, and a stranger cannot make the keyring hold more than EARLY_MAX.
+        let mut c = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        for n in 0..200u8 {
+            let _ = c.handle_message(now, &mut rng, NodeId([n; 16]), &offer);
+        }
+        assert!(c.early.len() <= EARLY_MAX);
+        let stale = now + EARLY_TTL + Duration::from_secs(1);
+        c.add_peer(stale, &mut rng, NodeId([0; 16]), addr(1), vtep(1));
+        assert!(c.epoch(&NodeId([0; 16])).is_none());
+    }
+
+    #[test]
+    fn a_responder_restarted_right_after_an_agreement_waits_for_its_retry_without_the_hint() {
+        // Without the reconnection hint the initiator cannot tell the new life's request from a crossing one.
+        let mut p = Pairing::new(KeyingConfig::default());
+        p.pump(0);
+        p.advance(Duration::from_millis(500));
+        p.b = Keyring::new(KeyingConfig::default(), HIGH, 300, 3);
+        p.sb = Sas::default();
+        let now = p.now;
+        p.b.add_peer(now, &mut p.rng, LOW, addr(1), vtep(1));
+        p.pump(0);
+        assert!(!p.sb.can_reach(&p.sa), "no keys until the responder's retry");
+        p.advance(Duration::from_secs(2));
         p.pump(0);
         assert!(p.sa.can_reach(&p.sb) && p.sb.can_reach(&p.sa));
     }

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
 
 use super::pki::{NodeIdentity, PkiAuthenticator};
-use super::transport::{Transport, TransportConfig, TransportEvent};
+use super::transport::{Transport, TransportConfig, TransportEvent, TransportStatsSnapshot};
 use crate::clock;
 use crate::io::datapath::{DatapathEvent, DatapathHandle, Query};
 
@@ -79,6 +79,8 @@ pub struct ControlStatus {
     pub ipam: IpamStats,
     /// Address blocks this host holds: (VNI, first address, prefix length).
     pub blocks: Vec<(Vni, Ipv4Addr, u8)>,
+    /// QUIC transport counters: handshakes refused, connect failures, datagrams and messages dropped.
+    pub transport: TransportStatsSnapshot,
 }
 
 /// An address pool `weft attach` hands addresses out of.
@@ -330,7 +332,13 @@ impl Driver {
                 }
             }
             TransportEvent::Refused { addr, reason } => warn!(%addr, %reason, "refused a control-plane peer"),
-            TransportEvent::PeerUp { id, addr } => debug!(peer = ?id, %addr, "connection up"),
+            TransportEvent::PeerUp { id, addr } => {
+                debug!(peer = ?id, %addr, "connection up");
+                // A peer that restarted dials in afresh: let its key request be answered at once.
+                if let Some(keyring) = &mut self.keyring {
+                    keyring.peer_reconnected(&id);
+                }
+            }
             TransportEvent::PeerDown { id, addr } => debug!(peer = ?id, %addr, "connection down"),
         }
     }
@@ -506,6 +514,7 @@ impl Driver {
         status.undecodable = self.directory.undecodable;
         status.ipam = self.ipam.stats().clone();
         status.blocks = self.ipam.my_blocks(now);
+        status.transport = self.transport.stats().snapshot();
         // The digest and the epochs change only with gossip and key events; most loops handle a probe.
         if std::mem::take(&mut self.digest_dirty) {
             status.table_digest = self.gossip.table_digest();

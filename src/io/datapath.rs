@@ -397,10 +397,10 @@ impl Datapath {
                     break;
                 }
             };
-            let (mut start, mut accepted, mut accepted_bytes) = (RX_OFFSET, 0, 0);
-            while start < RX_OFFSET + len {
-                let end = (start + segment).min(RX_OFFSET + len);
-                let datagram = &mut buf[start..end];
+            let (mut accepted, mut accepted_bytes) = (0, 0);
+            for range in gro_datagrams(RX_OFFSET, len, segment) {
+                let (start, end) = (range.start, range.end);
+                let datagram = &mut buf[range];
                 // A peer switches to a new SA only after this host queued its install: apply the queue before
                 // calling the SPI unknown.
                 if esp_socket && esp::spi_of(datagram).is_some_and(|spi| !self.forwarder.knows_inbound(spi)) {
@@ -419,7 +419,6 @@ impl Datapath {
                     }
                     self.deliver(ingress.network, buf, frame, esp_socket);
                 }
-                start = end;
             }
             // One GRO batch comes from one sender: one lookup for all of it.
             if accepted > 0 {
@@ -519,5 +518,37 @@ impl Datapath {
                 });
             }
         }
+    }
+}
+
+/// The datagrams of one receive of `len` bytes at `start`, `segment` bytes each (the last may be shorter), as the
+/// kernel's UDP GRO batched them. An empty datagram is one datagram too: it is handed on (and counted as malformed
+/// by the forwarder) rather than vanishing uncounted.
+fn gro_datagrams(start: usize, len: usize, segment: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let segment = segment.max(1);
+    let count = len.div_ceil(segment).max(1);
+    (0..count).map(move |k| {
+        let from = start + k * segment;
+        from..(from + segment).min(start + len)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gro_datagrams;
+
+    #[test]
+    fn gro_batches_split_into_segments_with_a_short_last_one() {
+        let split: Vec<_> = gro_datagrams(10, 2500, 1000).collect();
+        assert_eq!(split, vec![10..1010, 1010..2010, 2010..2510]);
+        assert_eq!(gro_datagrams(10, 1000, 1000).collect::<Vec<_>>(), vec![10..1010]);
+    }
+
+    #[test]
+    fn an_empty_datagram_is_still_one_datagram() {
+        // Regression (reliability suite, adversarial test): a zero-length UDP datagram was skipped by the receive
+        // loop, so it was dropped without being counted under any reason.
+        assert_eq!(gro_datagrams(10, 0, 1).collect::<Vec<_>>(), vec![10..10]);
+        assert_eq!(gro_datagrams(10, 0, 0).collect::<Vec<_>>(), vec![10..10]);
     }
 }
