@@ -20,6 +20,8 @@
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`service`]: published services (`svc/<name>` records) and the catalog of services and their backends;
+//!   [`balance`] picks a backend per connection; [`wire::proxy`] writes the PROXY protocol v2 header.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
@@ -27,6 +29,7 @@
 //! Not here: IO of any kind (see the `weft` binary's `io` module), encryption (the `weft-crypto` crate).
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod codec;
 pub mod directory;
 pub mod endpoint;
@@ -39,6 +42,7 @@ pub mod local;
 pub mod neighbor;
 pub mod offload;
 pub mod rng;
+pub mod service;
 pub mod sim;
 pub mod types;
 pub mod wire;

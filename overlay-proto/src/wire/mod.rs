@@ -11,6 +11,7 @@ pub mod ethernet;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod proxy;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
