@@ -12,15 +12,26 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
-use crate::config::Config;
-use crate::control::agent::ControlStatus;
+use crate::config::{Config, ServiceConfig};
+use crate::control::agent::{AgentCommand, ControlStatus};
+use crate::services::ingress::IngressStatus;
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
+
+/// What the service methods need: the ingress's state and the control plane's ear.
+#[derive(Debug, Clone)]
+pub struct ServiceApi {
+    /// The ingress.
+    pub status: IngressStatus,
+    /// The control agent.
+    pub commands: tokio::sync::mpsc::Sender<AgentCommand>,
+}
 
 /// Binds the socket and serves it on a background task.
 pub fn serve(
     config: &Config,
     queries: DatapathHandle,
     control: Option<Arc<Mutex<ControlStatus>>>,
+    services: Option<ServiceApi>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = &config.node.api_socket;
     if let Some(dir) = path.parent() {
@@ -37,9 +48,10 @@ pub fn serve(
     });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queries, status, control) = (queries.clone(), status.clone(), control.clone());
+            let (queries, status, control, services) =
+                (queries.clone(), status.clone(), control.clone(), services.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &queries, &status, control.as_deref()).await {
+                if let Err(e) = handle(stream, &queries, &status, control.as_deref(), services.as_ref()).await {
                     debug!(error = %e, "api request failed");
                 }
             });
@@ -63,6 +75,7 @@ async fn handle(
     queries: &DatapathHandle,
     status: &Value,
     control: Option<&Mutex<ControlStatus>>,
+    services: Option<&ServiceApi>,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -74,9 +87,13 @@ async fn handle(
             Some("fdb") => snapshot(queries).await.map(|s| fdb_json(&s)).unwrap_or_else(error),
             Some("endpoints") => snapshot(queries).await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
             Some("peers") => peers_json(control),
-            Some(other) => {
-                error(anyhow::anyhow!("unknown method {other:?}; known: status, stats, fdb, endpoints, peers"))
-            }
+            Some("services") => services_json(services),
+            Some("service_publish") => service_publish(services, &request).await.unwrap_or_else(error),
+            Some("service_rm") => service_rm(services, &request).await.unwrap_or_else(error),
+            Some(other) => error(anyhow::anyhow!(
+                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, services, service_publish, \
+                 service_rm"
+            )),
             None => error(anyhow::anyhow!("request has no \"method\"")),
         },
         Err(e) => error(anyhow::anyhow!("request is not JSON: {e}")),
@@ -134,6 +151,49 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>) -> Value {
             json!({ "id": id, "epoch": epoch, "age_secs": crate::clock::now().saturating_duration_since(*at).as_secs() })
         }).collect::<Vec<_>>(),
     })
+}
+
+fn no_services() -> anyhow::Error {
+    anyhow::anyhow!("services need the control plane: this weft has no [control] section")
+}
+
+fn services_json(services: Option<&ServiceApi>) -> Value {
+    match services {
+        Some(s) => json!({ "services": s.status.services() }),
+        None => error(no_services()),
+    }
+}
+
+/// The request's fields other than `method`.
+fn params(request: &Value) -> Value {
+    let mut params = request.as_object().cloned().unwrap_or_default();
+    params.remove("method");
+    Value::Object(params)
+}
+
+async fn service_publish(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
+    let services = services.ok_or_else(no_services)?;
+    let definition: ServiceConfig =
+        serde_json::from_value(params(request)).map_err(|e| anyhow::anyhow!("service_publish: {e}"))?;
+    definition.validate("service")?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = AgentCommand::Publish { record: definition.record(0), reply };
+    services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
+    let record = answer.await.context("the control plane did not answer")?;
+    Ok(json!({ "published": {
+        "name": record.name, "port": record.port, "target": record.target, "proto": record.protocol.as_str(),
+        "balance": record.policy.as_str(), "proxy_protocol": record.proxy_protocol, "revision": record.revision,
+    }}))
+}
+
+async fn service_rm(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
+    let services = services.ok_or_else(no_services)?;
+    let name = request.get("name").and_then(Value::as_str).context("service_rm needs \"name\"")?.to_owned();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = AgentCommand::Remove { name: name.clone(), reply };
+    services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
+    answer.await.context("the control plane did not answer")?.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(json!({ "removed": name }))
 }
 
 fn endpoints_json(s: &Snapshot) -> Value {

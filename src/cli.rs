@@ -10,11 +10,16 @@ use serde_json::{json, Value};
 
 /// Sends one request to the daemon listening on `socket` and returns its answer.
 pub fn request(socket: &Path, method: &str) -> anyhow::Result<Value> {
+    request_with(socket, json!({ "method": method }))
+}
+
+/// Sends a request with parameters (`{"method": ..., ...}`) and returns the answer.
+pub fn request_with(socket: &Path, request: Value) -> anyhow::Result<Value> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!("cannot reach weft at {} (is `weft run` running with this config?)", socket.display())
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = serde_json::to_vec(&json!({ "method": method }))?;
+    let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut answer = String::new();
@@ -75,5 +80,37 @@ pub fn print_endpoints(v: &Value) {
     for e in v["local"].as_array().into_iter().flatten() {
         let ips: Vec<&str> = e["ips"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         println!("{:<8} {:<18} {}", e["network"], e["mac"].as_str().unwrap_or("?"), ips.join(" "));
+    }
+}
+
+/// Human-readable rendering of `services`.
+pub fn print_services(v: &Value) {
+    for s in v["services"].as_array().into_iter().flatten() {
+        let state = match s["error"].as_str() {
+            Some(e) => format!("NOT LISTENING: {e}"),
+            None => "listening".to_owned(),
+        };
+        println!(
+            "{} {}/{} -> :{} {}{} ({state}; {} accepted, {} failed)",
+            s["name"].as_str().unwrap_or("?"),
+            s["proto"].as_str().unwrap_or("?"),
+            s["port"],
+            s["target"],
+            s["balance"].as_str().unwrap_or("?"),
+            if s["proxy_protocol"] == Value::Bool(true) { " proxy-protocol" } else { "" },
+            s["accepted"],
+            s["failed"],
+        );
+        for b in s["backends"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<24} {:<16} host {:<16} {:<9} active {} total {}",
+                b["addr"].as_str().unwrap_or("?"),
+                b["name"].as_str().unwrap_or(""),
+                b["vtep"].as_str().unwrap_or("?"),
+                if b["healthy"] == Value::Bool(true) { "healthy" } else { "UNHEALTHY" },
+                b["active"],
+                b["picked"],
+            );
+        }
     }
 }

@@ -27,6 +27,7 @@ use crate::io::datapath::Datapath;
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
+use crate::services::ingress::{Ingress, IngressConfig};
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
 fn bridge_alias(network: &str) -> String {
@@ -38,11 +39,18 @@ fn bridge_alias(network: &str) -> String {
 struct HostState {
     owned_bridges: Vec<Link>,
     taps: Vec<Tap>,
+    /// Ingress addresses added to bridges: (bridge index, address).
+    addresses: Vec<(u32, IpAddr)>,
 }
 
 impl HostState {
     async fn teardown(self, netlink: &Netlink) {
         drop(self.taps); // closing the last descriptor removes a non-persistent TAP
+        for (link, addr) in self.addresses {
+            if let Err(e) = netlink.delete_address(link, addr).await {
+                warn!(%addr, error = %e, "could not remove the ingress address");
+            }
+        }
         for bridge in self.owned_bridges {
             match netlink.delete_link(bridge.index).await {
                 Ok(()) => info!(bridge = %bridge.name, "removed bridge"),
@@ -92,8 +100,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), local_tx)?;
     let worker = std::thread::Builder::new().name("weft-datapath".into()).spawn(move || datapath.run())?;
 
+    let ingress = config.control.is_some().then(|| {
+        Ingress::start(IngressConfig {
+            local_vtep: config.node.underlay,
+            sources: config.networks.iter().filter_map(|n| Some((n.vni(), n.ingress_address?))).collect(),
+        })
+    });
     let agent = match (&config.control, identity) {
         (Some(c), Some(identity)) => {
+            let revision = clock::wall_millis();
             let agent_config = AgentConfig {
                 listen: c.listen_addr(config.node.underlay),
                 seeds: c.seeds.clone(),
@@ -102,12 +117,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 vnis: config.networks.iter().map(|n| n.vni()).collect(),
                 keying: config.networks.iter().any(|n| n.is_encrypted()).then(|| c.keying()),
                 keylog: c.keylog.clone(),
+                services: config.services.iter().map(|s| s.record(revision)).collect(),
+                catalog: ingress.as_ref().map(Ingress::catalog_sender),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
         }
         _ => None,
     };
-    let api = api::serve(&config, handle, agent.as_ref().map(|a| a.status.clone()));
+    let service_api = match (&agent, &ingress) {
+        (Some(agent), Some(ingress)) => {
+            Some(api::ServiceApi { status: ingress.status_handle(), commands: agent.commands.clone() })
+        }
+        _ => None,
+    };
+    let api = api::serve(&config, handle, agent.as_ref().map(|a| a.status.clone()), service_api);
     let outcome = match api {
         Ok(api_task) => {
             info!(networks = config.networks.len(), "ready");
@@ -115,6 +138,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             api_task.abort();
             if let Some(agent) = agent {
                 agent.stop().await;
+            }
+            if let Some(ingress) = ingress {
+                ingress.stop();
             }
             let _ = std::fs::remove_file(&config.node.api_socket);
             outcome
@@ -184,6 +210,11 @@ async fn setup_networks(
         let offloads = tap.offloads();
         host.taps.push(tap);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
+        if let Some(addr) = net.ingress_address {
+            netlink.add_address(bridge.index, addr, net.subnet.prefix_len()).await?;
+            host.addresses.push((bridge.index, addr));
+            info!(network = %net.name, %addr, bridge = %bridge_name, "ingress address up");
+        }
         info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, tso = offloads.vnet_hdr, uso = offloads.uso, "network up");
     }
     Ok(())

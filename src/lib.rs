@@ -3,7 +3,8 @@
 //! ```text
 //!  main.rs / cli ──► daemon ──► io::netlink   (bridges, TAP attach, MTU, underlay check)
 //!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
-//!                      │   └──► api           (unix socket JSON: status, stats, fdb)
+//!                      │   ├──► api           (unix socket JSON: status, stats, fdb, services...)
+//!                      │   └──► services      (ingress: published ports balanced over backends)
 //!                      └──── config           (TOML, validated before anything is touched)
 //! ```
 //!
@@ -17,3 +18,4 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod io;
+pub mod services;

@@ -40,6 +40,11 @@ enum Command {
     Peers(ClientArgs),
     /// Show the endpoints discovered on this host.
     Endpoints(ClientArgs),
+    /// Show the published services, their backends and health.
+    Services(ClientArgs),
+    /// Publish or remove a service (ingress routing mesh), cluster-wide.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -79,6 +84,39 @@ enum CaCommand {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Publish PORT on every host, balanced over the endpoints labelled service=NAME on port TARGET.
+    Publish {
+        /// The service's name (the endpoints' `service` label).
+        name: String,
+        /// The port every host listens on.
+        #[arg(long)]
+        port: u16,
+        /// The backends' port.
+        #[arg(long)]
+        target: u16,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// round-robin or least-connections.
+        #[arg(long, default_value = "round-robin")]
+        balance: String,
+        /// Send a PROXY protocol v2 header to the backend first (TCP only).
+        #[arg(long)]
+        proxy_protocol: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a service from every host.
+    Rm {
+        /// The service's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -137,6 +175,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fdb(args) => client(args, "fdb", weft::cli::print_fdb),
         Command::Peers(args) => client(args, "peers", weft::cli::print_peers),
         Command::Endpoints(args) => client(args, "endpoints", weft::cli::print_endpoints),
+        Command::Services(args) => client(args, "services", weft::cli::print_services),
+        Command::Service(ServiceCommand::Publish { name, port, target, proto, balance, proxy_protocol, client }) => {
+            let request = serde_json::json!({
+                "method": "service_publish", "name": name, "port": port, "target": target, "proto": proto,
+                "balance": balance, "proxy_protocol": proxy_protocol,
+            });
+            let answer = weft::cli::request_with(&socket_of(&client)?, request)?;
+            let p = &answer["published"];
+            if client.json {
+                println!("{answer}");
+            } else {
+                println!("published {} {}/{} -> :{}", p["name"].as_str().unwrap_or("?"), p["proto"].as_str().unwrap_or("?"), p["port"], p["target"]);
+            }
+            Ok(())
+        }
+        Command::Service(ServiceCommand::Rm { name, client }) => {
+            let request = serde_json::json!({ "method": "service_rm", "name": name });
+            let answer = weft::cli::request_with(&socket_of(&client)?, request)?;
+            if client.json {
+                println!("{answer}");
+            } else {
+                println!("removed {name}");
+            }
+            Ok(())
+        }
         Command::Ca(command) => ca(command),
     }
 }
@@ -160,11 +223,15 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
-    let socket = match args.socket {
-        Some(s) => s,
+fn socket_of(args: &ClientArgs) -> anyhow::Result<PathBuf> {
+    Ok(match &args.socket {
+        Some(s) => s.clone(),
         None => Config::load(&args.config)?.node.api_socket,
-    };
+    })
+}
+
+fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
+    let socket = socket_of(&args)?;
     let value = weft::cli::request(&socket, method)?;
     if args.json {
         println!("{value}");

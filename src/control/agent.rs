@@ -8,8 +8,13 @@
 //!
 //!  keying messages (tag ≥ 0x40) ─► Keyring ─► KeyEvent (SAs) ─► datapath (and the keylog, when asked for)
 //!  member up/down ─► Keyring::add_peer / remove_peer;   SA usage (datapath) ─► Keyring::report_usage
+//!
+//!  record table changed ─► Catalog (services + labelled endpoints) ─► ingress (watch);  winning service
+//!  definitions are re-published as this node's own (adoption), so a service outlives the host it was published on
+//!  AgentCommand (API: service publish / rm) ─► svc/<name> record with a newer revision
 //! ```
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -23,8 +28,9 @@ use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
+use overlay_proto::service::{parse_service_key, service_key, Catalog, ServiceRecord};
 use overlay_proto::Vni;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
 
@@ -82,6 +88,29 @@ pub struct AgentConfig {
     pub keying: Option<KeyingConfig>,
     /// Where to append Wireshark ESP SA rows (debug only).
     pub keylog: Option<PathBuf>,
+    /// Services to publish at start (`[[service]]`), written with the start time as their revision.
+    pub services: Vec<ServiceRecord>,
+    /// Where the catalog of services and backends goes (the ingress).
+    pub catalog: Option<watch::Sender<Arc<Catalog>>>,
+}
+
+/// A request to the control plane from the API.
+#[derive(Debug)]
+pub enum AgentCommand {
+    /// Publish (or re-define) a service cluster-wide. Its revision is set by the agent.
+    Publish {
+        /// The definition.
+        record: ServiceRecord,
+        /// The definition as published.
+        reply: oneshot::Sender<ServiceRecord>,
+    },
+    /// Remove a service cluster-wide; an error if there is no such service.
+    Remove {
+        /// Its name.
+        name: String,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The operating system's CSPRNG, for key shares.
@@ -100,6 +129,8 @@ pub struct Agent {
     task: tokio::task::JoinHandle<()>,
     /// Shared with the API.
     pub status: Arc<Mutex<ControlStatus>>,
+    /// Requests from the API.
+    pub commands: mpsc::Sender<AgentCommand>,
 }
 
 impl Agent {
@@ -145,9 +176,12 @@ impl Agent {
             config,
             status: status.clone(),
             digest_dirty: true,
+            catalog: Arc::new(Catalog::default()),
+            catalog_digest: None,
         };
-        let task = tokio::spawn(driver.run(events, datapath_events, shutdown_rx));
-        Ok(Self { shutdown, task, status })
+        let (commands, commands_rx) = mpsc::channel(64);
+        let task = tokio::spawn(driver.run(events, datapath_events, commands_rx, shutdown_rx));
+        Ok(Self { shutdown, task, status, commands })
     }
 
     /// Announces the leave, flushes it, and stops.
@@ -169,6 +203,10 @@ struct Driver {
     status: Arc<Mutex<ControlStatus>>,
     /// The record table changed (a gossip event, or a record of our own) since the status last showed it.
     digest_dirty: bool,
+    /// The services and backends as of `catalog_digest`.
+    catalog: Arc<Catalog>,
+    /// The table digest the catalog was built at.
+    catalog_digest: Option<u64>,
 }
 
 impl Driver {
@@ -176,12 +214,17 @@ impl Driver {
         mut self,
         mut net: mpsc::Receiver<TransportEvent>,
         mut local: mpsc::Receiver<DatapathEvent>,
+        mut commands: mpsc::Receiver<AgentCommand>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let now = clock::now();
         for vni in self.config.vnis.clone() {
             let record = NetworkRecord { vni, vtep: self.config.vtep };
             self.gossip.set_record(now, RecordKey::Network(vni).to_bytes(), record.to_bytes());
+        }
+        for record in std::mem::take(&mut self.config.services) {
+            info!(service = %record.name, port = record.port, "publishing a configured service");
+            self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
         }
         self.gossip.join(now, &self.config.seeds);
         self.flush();
@@ -197,6 +240,7 @@ impl Driver {
                     None => break,
                 },
                 Some(event) = local.recv() => self.on_datapath(event),
+                Some(command) = commands.recv() => self.on_command(command),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let now = clock::now();
                     self.gossip.handle_timeout(now);
@@ -266,6 +310,64 @@ impl Driver {
         }
     }
 
+    fn on_command(&mut self, command: AgentCommand) {
+        let now = clock::now();
+        self.digest_dirty = true;
+        // A new definition must beat the one in force everywhere, even if this host's clock is behind.
+        let revision = |name: &str, catalog: &Catalog| {
+            clock::wall_millis().max(catalog.definition(name).map_or(0, |d| d.revision.saturating_add(1)))
+        };
+        match command {
+            AgentCommand::Publish { mut record, reply } => {
+                record.revision = revision(&record.name, &self.catalog);
+                record.removed = false;
+                info!(service = %record.name, port = record.port, target = record.target, "publishing a service");
+                self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
+                let _ = reply.send(record);
+            }
+            AgentCommand::Remove { name, reply } => {
+                let Some(current) = self.catalog.definition(&name).filter(|d| !d.removed).cloned() else {
+                    let _ = reply.send(Err(format!("no service named {name:?}")));
+                    return;
+                };
+                let record = ServiceRecord { revision: revision(&name, &self.catalog), removed: true, ..current };
+                info!(service = %name, "removing a service");
+                self.gossip.set_record(now, service_key(&name), record.to_bytes());
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.refresh_catalog();
+    }
+
+    /// Rebuilds the catalog when the record table changed, hands it to the ingress, and adopts the winning service
+    /// definitions this node does not publish yet.
+    fn refresh_catalog(&mut self) {
+        let digest = self.gossip.table_digest();
+        if self.catalog_digest == Some(digest) {
+            return;
+        }
+        self.catalog_digest = Some(digest);
+        let catalog = Catalog::from_records(self.gossip.records());
+        let me = self.gossip.id();
+        let own: BTreeMap<String, ServiceRecord> = self
+            .gossip
+            .records()
+            .filter(|(origin, _, _)| *origin == me)
+            .filter_map(|(_, key, value)| {
+                Some((parse_service_key(key)?.to_owned(), ServiceRecord::from_bytes(value).ok()?))
+            })
+            .collect();
+        let now = clock::now();
+        for record in catalog.adopt(me, &own) {
+            debug!(service = %record.name, revision = record.revision, removed = record.removed, "adopting a service definition");
+            self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
+        }
+        self.catalog = Arc::new(catalog);
+        if let Some(tx) = &self.config.catalog {
+            tx.send_replace(self.catalog.clone());
+        }
+    }
+
     /// Sends what the gossip node wants sent and applies what it learnt.
     fn flush(&mut self) {
         while let Some(t) = self.gossip.poll_transmit() {
@@ -304,6 +406,7 @@ impl Driver {
             }
         }
         let keys_changed = self.flush_keys();
+        self.refresh_catalog();
         let Ok(mut status) = self.status.lock() else { return };
         if members_changed {
             status.members = self

@@ -138,4 +138,25 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         self.handle.link().del(index).execute().await.map_err(fail(format!("deleting link #{index}")))
     }
+
+    /// Adds `addr/prefix` to `link` (replacing an identical one a crashed weft left behind).
+    pub async fn add_address(&self, link: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(link, addr, prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(fail(format!("adding {addr}/{prefix} to link #{link}")))
+    }
+
+    /// Removes `addr` from `link`, if it is there.
+    pub async fn delete_address(&self, link: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+        let mut addresses = self.handle.address().get().set_link_index_filter(link).set_address_filter(addr).execute();
+        let what = format!("removing {addr} from link #{link}");
+        while let Some(msg) = addresses.try_next().await.map_err(fail(what.clone()))? {
+            self.handle.address().del(msg).execute().await.map_err(fail(what.clone()))?;
+        }
+        Ok(())
+    }
 }
