@@ -14,8 +14,8 @@ use tracing::debug;
 
 use crate::config::{Config, ServiceConfig};
 use crate::control::agent::{AgentCommand, ControlStatus};
-use crate::services::ingress::IngressStatus;
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
+use crate::services::ingress::IngressStatus;
 
 /// What the service methods need: the ingress's state and the control plane's ear.
 #[derive(Debug, Clone)]

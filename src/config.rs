@@ -439,7 +439,8 @@ impl Config {
                 }
             }
             if let Some(addr) = net.ingress_address {
-                let usable = net.subnet.contains(&addr) && addr != net.subnet.network() && addr != net.subnet.broadcast();
+                let usable =
+                    net.subnet.contains(&addr) && addr != net.subnet.network() && addr != net.subnet.broadcast();
                 if !usable {
                     return Err(invalid(
                         key("ingress_address"),

@@ -186,7 +186,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if client.json {
                 println!("{answer}");
             } else {
-                println!("published {} {}/{} -> :{}", p["name"].as_str().unwrap_or("?"), p["proto"].as_str().unwrap_or("?"), p["port"], p["target"]);
+                println!(
+                    "published {} {}/{} -> :{}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["proto"].as_str().unwrap_or("?"),
+                    p["port"],
+                    p["target"]
+                );
             }
             Ok(())
         }

@@ -117,9 +117,9 @@ impl Balancer {
         let order = (0..n).map(|k| (self.next + k) % n);
         let chosen = match self.config.policy {
             Policy::RoundRobin => order.clone().find(|&i| usable(&self.backends[i])),
-            Policy::LeastConnections => order
-                .filter(|&i| usable(&self.backends[i]))
-                .min_by_key(|&i| self.backends[i].active),
+            Policy::LeastConnections => {
+                order.filter(|&i| usable(&self.backends[i])).min_by_key(|&i| self.backends[i].active)
+            }
         }?;
         self.next = (chosen + 1) % n;
         let b = &mut self.backends[chosen];

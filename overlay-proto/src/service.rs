@@ -162,7 +162,16 @@ impl Codec for ServiceRecord {
         if proxy_protocol && protocol != Protocol::Tcp {
             return Err(DecodeError::Invalid("proxy protocol"));
         }
-        Ok(Self { name, port, target, protocol, policy, proxy_protocol, revision: u64::decode(r)?, removed: bool::decode(r)? })
+        Ok(Self {
+            name,
+            port,
+            target,
+            protocol,
+            policy,
+            proxy_protocol,
+            revision: u64::decode(r)?,
+            removed: bool::decode(r)?,
+        })
     }
 }
 
@@ -333,14 +342,7 @@ mod tests {
         let bytes = r.to_bytes();
         assert_eq!(
             bytes,
-            [
-                &[0, 0, 0, 3][..],
-                b"web",
-                &[0x1f, 0x90, 0, 80, 6, 0, 1],
-                &[0, 0, 0, 0, 0, 0, 1, 2],
-                &[0],
-            ]
-            .concat()
+            [&[0, 0, 0, 3][..], b"web", &[0x1f, 0x90, 0, 80, 6, 0, 1], &[0, 0, 0, 0, 0, 0, 1, 2], &[0],].concat()
         );
         assert_eq!(service_key("web"), b"svc/web");
         assert_eq!(parse_service_key(b"svc/Web"), None);
