@@ -551,3 +551,187 @@ async fn udp_flow(
     }
     lock(&service.balancer).release(backend);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The ingress over loopback: backends are local TCP/UDP servers, the catalog is built from real records.
+    use super::*;
+    use overlay_proto::codec::Codec;
+    use overlay_proto::endpoint::{EndpointRecord, RecordKey};
+    use overlay_proto::service::{service_key, Policy, SERVICE_LABEL};
+    use overlay_proto::{MacAddr, NodeId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const VTEP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 1));
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A catalog with service `web` on `port` → `target`, served by endpoints at `ips` (all on this host).
+    fn catalog(port: u16, target: u16, protocol: Protocol, proxy_protocol: bool, ips: &[[u8; 4]]) -> Arc<Catalog> {
+        let record = ServiceRecord {
+            name: "web".into(),
+            port,
+            target,
+            protocol,
+            policy: Policy::RoundRobin,
+            proxy_protocol,
+            revision: 1,
+            removed: false,
+        };
+        let mut records = vec![(service_key("web"), record.to_bytes())];
+        for (i, ip) in ips.iter().enumerate() {
+            let vni = Vni::new(100).unwrap();
+            let mac = MacAddr([2, 0, 0, 0, 0, i as u8]);
+            let endpoint = EndpointRecord {
+                vni,
+                mac,
+                ips: vec![IpAddr::from(*ip)],
+                vtep: VTEP,
+                name: format!("web-{i}"),
+                labels: vec![(SERVICE_LABEL.into(), "web".into())],
+            };
+            records.push((RecordKey::Endpoint(vni, mac).to_bytes(), endpoint.to_bytes()));
+        }
+        let origin = NodeId([1; 16]);
+        Arc::new(Catalog::from_records(records.iter().map(|(k, v)| (origin, k.as_slice(), v.as_slice()))))
+    }
+
+    /// A backend on `ip:port` that answers each connection with its name and what it read first (up to 64 bytes).
+    async fn backend(ip: [u8; 4], port: u16, name: &'static str) -> JoinHandle<()> {
+        let listener = TcpListener::bind(SocketAddr::from((ip, port))).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let mut answer = name.as_bytes().to_vec();
+                    answer.push(b' ');
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = s.write_all(&answer).await;
+                });
+            }
+        })
+    }
+
+    async fn ask(port: u16, what: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(what).await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await??;
+        Ok(answer)
+    }
+
+    fn ingress() -> Ingress {
+        Ingress::start(IngressConfig { local_vtep: VTEP, sources: HashMap::new() })
+    }
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_connections_rotate_over_backends_and_skip_a_dead_one() {
+        let (port, target) = (free_port(), free_port());
+        let b1 = backend([127, 0, 0, 11], target, "b1").await;
+        let _b2 = backend([127, 0, 0, 12], target, "b2").await;
+        let ingress = ingress();
+        let status = ingress.status_handle();
+        let tx = ingress.catalog_sender();
+        tx.send_replace(catalog(port, target, Protocol::Tcp, false, &[[127, 0, 0, 11], [127, 0, 0, 12]]));
+        wait_for("the listener", || status.services().first().is_some_and(|s| s.listening)).await;
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(String::from_utf8(ask(port, b"hi").await.unwrap()).unwrap());
+        }
+        answers.sort();
+        assert_eq!(answers, ["b1 hi", "b1 hi", "b2 hi", "b2 hi"]);
+
+        // b1 dies: its checks fail and it is taken out; meanwhile connections retry on b2 and all succeed.
+        b1.abort();
+        let _ = b1.await;
+        for _ in 0..4 {
+            assert_eq!(ask(port, b"x").await.unwrap(), b"b2 x");
+        }
+        wait_for("b1 to be unhealthy", || {
+            status.services()[0].backends.iter().any(|b| b.addr.ip() == IpAddr::from([127, 0, 0, 11]) && !b.healthy)
+        })
+        .await;
+
+        // The record is withdrawn: the backend is gone from the balancer at once. The service removed: closed.
+        tx.send_replace(catalog(port, target, Protocol::Tcp, false, &[[127, 0, 0, 12]]));
+        wait_for("b1 to be forgotten", || status.services()[0].backends.len() == 1).await;
+        tx.send_replace(Arc::new(Catalog::default()));
+        wait_for("the service to go", || status.services().is_empty()).await;
+        wait_for("the listener to close", || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()).await;
+        ingress.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proxy_protocol_header_carries_the_client_address() {
+        let (port, target) = (free_port(), free_port());
+        let _b = backend([127, 0, 0, 21], target, "b").await;
+        let ingress = ingress();
+        let status = ingress.status_handle();
+        ingress.catalog_sender().send_replace(catalog(port, target, Protocol::Tcp, true, &[[127, 0, 0, 21]]));
+        wait_for("the listener", || status.services().first().is_some_and(|s| s.listening)).await;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let client = s.local_addr().unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        let (repr, len) = proxy::Repr::parse(&answer[2..]).unwrap();
+        assert_eq!(&answer[..2], b"b ");
+        assert_eq!(len, 28, "TCP over IPv4, not IPv4-mapped IPv6");
+        assert_eq!(repr, proxy::Repr::Proxy { source: client, destination: SocketAddr::from(([127, 0, 0, 1], port)) });
+        ingress.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn udp_flows_stick_to_one_backend_per_client() {
+        let (port, target) = (free_port(), free_port());
+        for (ip, name) in [([127, 0, 0, 31], "u1"), ([127, 0, 0, 32], "u2")] {
+            let socket = UdpSocket::bind(SocketAddr::from((ip, target))).await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let answer = [name.as_bytes(), b" ", &buf[..n]].concat();
+                    let _ = socket.send_to(&answer, from).await;
+                }
+            });
+        }
+        let ingress = ingress();
+        let status = ingress.status_handle();
+        ingress.catalog_sender().send_replace(catalog(
+            port,
+            target,
+            Protocol::Udp,
+            false,
+            &[[127, 0, 0, 31], [127, 0, 0, 32]],
+        ));
+        wait_for("the listener", || status.services().first().is_some_and(|s| s.listening)).await;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            client.connect(("127.0.0.1", port)).await.unwrap();
+            let mut names = Vec::new();
+            for k in 0..3 {
+                client.send(format!("m{k}").as_bytes()).await.unwrap();
+                let mut buf = [0u8; 64];
+                let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.unwrap().unwrap();
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(text.ends_with(&format!("m{k}")), "{text}");
+                names.push(text[..2].to_owned());
+            }
+            assert!(names.iter().all(|n| *n == names[0]), "one flow, one backend: {names:?}");
+            seen.push(names[0].clone());
+        }
+        seen.sort();
+        assert_eq!(seen, ["u1", "u2"], "two flows, two backends");
+        ingress.stop();
+    }
+}
