@@ -33,6 +33,7 @@ fn forwarder(now: Instant) -> Forwarder {
                 peers: vec![IpAddr::from(PEER)],
                 static_fdb: vec![(DST, IpAddr::from(PEER)), (SRC, IpAddr::from(LOCAL))],
                 flood_limit: RateLimit::default(),
+                gateways: Vec::new(),
                 encrypted: false,
             }],
         },

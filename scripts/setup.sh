@@ -6,12 +6,12 @@
 set -euo pipefail
 
 # Tools of the namespace lab and the tests (iproute2, nftables, iperf3, tshark, tcpdump, ethtool, socat, netcat,
-# ping, procps) and what libxdp-sys needs to build libxdp from source (clang, llvm, m4, libelf-dev, zlib1g-dev,
+# ping, procps, dig for the DNS tests) and what libxdp-sys needs to build libxdp from source (clang, llvm, m4, libelf-dev, zlib1g-dev,
 # pkg-config).
 PACKAGES=(
     iproute2 nftables iperf3 tshark tcpdump ethtool
     clang llvm m4 libelf-dev zlib1g-dev pkg-config
-    socat netcat-openbsd procps iputils-ping
+    socat netcat-openbsd procps iputils-ping bind9-dnsutils
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -1,12 +1,14 @@
 //! The JSON API on a unix socket, one request per connection: the client writes one line such as
-//! `{"method":"stats"}` and reads one JSON document back. docs/api.md describes the methods.
+//! `{"method":"stats"}` (methods with arguments add `"params": {...}`) and reads one JSON document back; failures
+//! are `{"error": "..."}`. docs/api.md describes the methods.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use overlay_proto::fdb::Origin;
+use overlay_proto::names::Names;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -15,6 +17,7 @@ use tracing::debug;
 use crate::config::{Config, ServiceConfig};
 use crate::control::agent::{AgentCommand, ControlStatus};
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
+use crate::services::attach::{AttachRequest, Attacher, DetachRequest};
 use crate::services::ingress::IngressStatus;
 
 /// What the service methods need: the ingress's state and the control plane's ear.
@@ -26,13 +29,23 @@ pub struct ServiceApi {
     pub commands: tokio::sync::mpsc::Sender<AgentCommand>,
 }
 
+/// What the API serves from.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    /// The data path.
+    pub queries: DatapathHandle,
+    /// The control plane's status, when there is one.
+    pub control: Option<Arc<Mutex<ControlStatus>>>,
+    /// attach/detach.
+    pub attacher: Arc<Attacher>,
+    /// The cluster's endpoints by name, when there is a control plane.
+    pub names: Option<Arc<RwLock<Names>>>,
+    /// Published services (ingress), when there is a control plane.
+    pub services: Option<ServiceApi>,
+}
+
 /// Binds the socket and serves it on a background task.
-pub fn serve(
-    config: &Config,
-    queries: DatapathHandle,
-    control: Option<Arc<Mutex<ControlStatus>>>,
-    services: Option<ServiceApi>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(config: &Config, context: ApiContext) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = &config.node.api_socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {} for node.api_socket", dir.display()))?;
@@ -44,14 +57,14 @@ pub fn serve(
         "underlay": config.node.underlay,
         "networks": config.networks.iter().map(|n| json!({
             "name": n.name, "vni": n.vni, "subnet": n.subnet, "bridge": n.bridge_name(), "tap": n.tap_name(),
+            "gateway": n.gateway_addr(), "internal": n.internal, "domain": n.domain,
         })).collect::<Vec<_>>(),
     });
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queries, status, control, services) =
-                (queries.clone(), status.clone(), control.clone(), services.clone());
+            let (context, status) = (context.clone(), status.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &queries, &status, control.as_deref(), services.as_ref()).await {
+                if let Err(e) = handle(stream, &context, &status).await {
                     debug!(error = %e, "api request failed");
                 }
             });
@@ -70,13 +83,10 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
 }
 
-async fn handle(
-    stream: UnixStream,
-    queries: &DatapathHandle,
-    status: &Value,
-    control: Option<&Mutex<ControlStatus>>,
-    services: Option<&ServiceApi>,
-) -> anyhow::Result<()> {
+async fn handle(stream: UnixStream, context: &ApiContext, status: &Value) -> anyhow::Result<()> {
+    let queries = &context.queries;
+    let control = context.control.as_deref();
+    let services = context.services.as_ref();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -87,12 +97,27 @@ async fn handle(
             Some("fdb") => snapshot(queries).await.map(|s| fdb_json(&s)).unwrap_or_else(error),
             Some("endpoints") => snapshot(queries).await.map(|s| endpoints_json(&s)).unwrap_or_else(error),
             Some("peers") => peers_json(control),
-            Some("services") => services_json(services),
+            Some("attach") => match params::<AttachRequest>(&request) {
+                Ok(r) => context.attacher.attach(r).await.map(|a| json!(a)).unwrap_or_else(error),
+                Err(e) => error(e),
+            },
+            Some("detach") => match params::<DetachRequest>(&request) {
+                Ok(r) => context.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
+                Err(e) => error(e),
+            },
+            Some("attachments") => json!({ "attachments": context.attacher.list().await }),
+            Some("services") => {
+                let mut answer = services_json(context.names.as_deref(), control);
+                if let (Some(object), Some(s)) = (answer.as_object_mut(), services) {
+                    object.insert("published".into(), json!(s.status.services()));
+                }
+                answer
+            }
             Some("service_publish") => service_publish(services, &request).await.unwrap_or_else(error),
             Some("service_rm") => service_rm(services, &request).await.unwrap_or_else(error),
             Some(other) => error(anyhow::anyhow!(
-                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, services, service_publish, \
-                 service_rm"
+                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, attach, detach, attachments, \
+                 services, service_publish, service_rm"
             )),
             None => error(anyhow::anyhow!("request has no \"method\"")),
         },
@@ -104,8 +129,53 @@ async fn handle(
     Ok(())
 }
 
+/// The request's `params`, as `T`.
+fn params<T: serde::de::DeserializeOwned>(request: &Value) -> anyhow::Result<T> {
+    let params = request.get("params").cloned().unwrap_or(json!({}));
+    serde_json::from_value(params).map_err(|e| anyhow::anyhow!("bad params: {e}"))
+}
+
+/// The cluster's endpoint directory: every endpoint with its owner, name, service and addresses, and each
+/// service's addresses; plus this host's address blocks.
+fn services_json(names: Option<&RwLock<Names>>, control: Option<&Mutex<ControlStatus>>) -> Value {
+    let Some(names) = names else { return error(anyhow::anyhow!("no control plane: no endpoint directory")) };
+    let Ok(names) = names.read() else { return error(anyhow::anyhow!("endpoint directory unavailable")) };
+    let mut services: std::collections::BTreeMap<String, Vec<std::net::IpAddr>> = Default::default();
+    let endpoints: Vec<Value> = names
+        .endpoints()
+        .map(|e| {
+            if let Some(s) = e.service() {
+                services.entry(format!("{}/{s}", e.record.vni)).or_default().extend(e.record.ips.iter().copied());
+            }
+            json!({
+                "vni": e.record.vni.get(), "mac": e.record.mac.to_string(), "ips": e.record.ips,
+                "name": e.record.name, "service": e.service(), "owner": e.owner.to_string(), "vtep": e.record.vtep,
+            })
+        })
+        .collect();
+    let services: Vec<Value> = services
+        .into_iter()
+        .map(|(key, mut ips)| {
+            ips.sort_unstable();
+            let (vni, name) = key.split_once('/').unwrap_or_default();
+            json!({ "vni": vni.parse::<u32>().unwrap_or(0), "service": name, "ips": ips })
+        })
+        .collect();
+    let (blocks, ipam) = match control.and_then(|c| c.lock().ok()) {
+        Some(c) => (
+            c.blocks
+                .iter()
+                .map(|(vni, start, len)| json!({ "vni": vni.get(), "block": format!("{start}/{len}") }))
+                .collect(),
+            json!({ "claims": c.ipam.claims, "lost": c.ipam.lost, "undecodable": c.ipam.undecodable }),
+        ),
+        None => (Vec::new(), Value::Null),
+    };
+    json!({ "endpoints": endpoints, "services": services, "blocks": blocks, "ipam": ipam })
+}
+
 fn error(e: anyhow::Error) -> Value {
-    json!({ "error": e.to_string() })
+    json!({ "error": format!("{e:#}") })
 }
 
 async fn snapshot(queries: &DatapathHandle) -> anyhow::Result<Snapshot> {
@@ -157,27 +227,19 @@ fn no_services() -> anyhow::Error {
     anyhow::anyhow!("services need the control plane: this weft has no [control] section")
 }
 
-fn services_json(services: Option<&ServiceApi>) -> Value {
-    match services {
-        Some(s) => json!({ "services": s.status.services() }),
-        None => error(no_services()),
-    }
-}
-
-/// The request's fields other than `method`.
-fn params(request: &Value) -> Value {
-    let mut params = request.as_object().cloned().unwrap_or_default();
-    params.remove("method");
-    Value::Object(params)
+/// `service_rm`'s parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceRmRequest {
+    name: String,
 }
 
 async fn service_publish(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
     let services = services.ok_or_else(no_services)?;
-    let definition: ServiceConfig =
-        serde_json::from_value(params(request)).map_err(|e| anyhow::anyhow!("service_publish: {e}"))?;
+    let definition: ServiceConfig = params(request)?;
     definition.validate("service")?;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = AgentCommand::Publish { record: definition.record(0), reply };
+    let command = AgentCommand::PublishService { record: definition.record(0), reply };
     services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
     let record = answer.await.context("the control plane did not answer")?;
     Ok(json!({ "published": {
@@ -188,9 +250,9 @@ async fn service_publish(services: Option<&ServiceApi>, request: &Value) -> anyh
 
 async fn service_rm(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
     let services = services.ok_or_else(no_services)?;
-    let name = request.get("name").and_then(Value::as_str).context("service_rm needs \"name\"")?.to_owned();
+    let ServiceRmRequest { name } = params(request)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = AgentCommand::Remove { name: name.clone(), reply };
+    let command = AgentCommand::RemoveService { name: name.clone(), reply };
     services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
     answer.await.context("the control plane did not answer")?.map_err(|e| anyhow::anyhow!(e))?;
     Ok(json!({ "removed": name }))

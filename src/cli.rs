@@ -10,15 +10,18 @@ use serde_json::{json, Value};
 
 /// Sends one request to the daemon listening on `socket` and returns its answer.
 pub fn request(socket: &Path, method: &str) -> anyhow::Result<Value> {
-    request_with(socket, json!({ "method": method }))
+    request_with(socket, method, Value::Null)
 }
 
-/// Sends a request with parameters (`{"method": ..., ...}`) and returns the answer.
-pub fn request_with(socket: &Path, request: Value) -> anyhow::Result<Value> {
+/// Sends one request with `params` (unless null) and returns the answer.
+pub fn request_with(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!("cannot reach weft at {} (is `weft run` running with this config?)", socket.display())
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // attach may wait for an address block claim to settle (seconds).
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let request =
+        if params.is_null() { json!({ "method": method }) } else { json!({ "method": method, "params": params }) };
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -83,9 +86,55 @@ pub fn print_endpoints(v: &Value) {
     }
 }
 
-/// Human-readable rendering of `services`.
+/// Human-readable rendering of one attachment (`attach`, `detach`).
+pub fn print_attachment(a: &Value) {
+    let s = |k: &str| a[k].as_str().unwrap_or("-").to_string();
+    println!(
+        "{} {} on {}: {} {} via {} (host side {}, mtu {})",
+        s("netns"),
+        s("interface"),
+        s("network"),
+        s("address"),
+        s("mac"),
+        s("gateway"),
+        s("host_interface"),
+        a["mtu"]
+    );
+    if a["name"].is_string() || a["service"].is_string() {
+        println!("name {}  service {}", s("name"), s("service"));
+    }
+}
+
+/// Human-readable rendering of `attachments`.
+pub fn print_attachments(v: &Value) {
+    for a in v["attachments"].as_array().into_iter().flatten() {
+        print_attachment(a);
+    }
+}
+
+/// Human-readable rendering of `services`: the published services, then the endpoint directory.
 pub fn print_services(v: &Value) {
-    for s in v["services"].as_array().into_iter().flatten() {
+    print_published(v);
+    println!("{:<9} {:<20} {:<12} {:<18} ADDRESSES", "VNI", "NAME", "SERVICE", "VTEP");
+    for e in v["endpoints"].as_array().into_iter().flatten() {
+        let ips: Vec<&str> = e["ips"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<9} {:<20} {:<12} {:<18} {}",
+            e["vni"],
+            e["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("-"),
+            e["service"].as_str().unwrap_or("-"),
+            e["vtep"].as_str().unwrap_or("?"),
+            ips.join(" ")
+        );
+    }
+    for b in v["blocks"].as_array().into_iter().flatten() {
+        println!("block {} (vni {})", b["block"].as_str().unwrap_or("?"), b["vni"]);
+    }
+}
+
+/// Human-readable rendering of `services`' published services (the ingress).
+pub fn print_published(v: &Value) {
+    for s in v["published"].as_array().into_iter().flatten() {
         let state = match s["error"].as_str() {
             Some(e) => format!("NOT LISTENING: {e}"),
             None => "listening".to_owned(),

@@ -245,6 +245,9 @@ pub struct NodeConfig {
     /// Take TSO/USO superframes and partial checksums from the TAP, and batch the underlay with UDP GSO/GRO.
     #[serde(default = "default_true")]
     pub offload: bool,
+    /// Resolvers the overlay DNS forwards other names to (`address:port`); the nameservers of /etc/resolv.conf
+    /// when unset.
+    pub dns_upstream: Option<Vec<SocketAddr>>,
 }
 
 fn default_true() -> bool {
@@ -281,6 +284,25 @@ pub struct NetworkConfig {
     /// This host's own address on the network, from which the ingress connects to backends on other hosts: unique
     /// per host, inside `subnet`, and used by no endpoint. weft adds it to the bridge (and removes it on exit).
     pub ingress_address: Option<IpAddr>,
+    /// The gateway address every host's bridge holds (egress and DNS); the subnet's first address by default.
+    pub gateway: Option<IpAddr>,
+    /// No egress: endpoints reach only the overlay (and the gateway's DNS).
+    #[serde(default)]
+    pub internal: bool,
+    /// Prefix length of the address blocks hosts claim for `weft attach` (IPv4 subnets only).
+    #[serde(default = "default_block_prefix")]
+    pub block_prefix: u8,
+    /// The overlay's DNS domain: `NAME.DOMAIN` and bare `NAME` are answered on the gateway, port 53.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+}
+
+fn default_block_prefix() -> u8 {
+    26
+}
+
+fn default_domain() -> String {
+    "weft".into()
 }
 
 /// `network.learning`: which received frames teach the FDB MAC → VTEP, and who may send.
@@ -427,6 +449,22 @@ impl Config {
                     ),
                 ));
             }
+            let gateway = net.gateway_addr();
+            let broadcast = matches!(net.subnet, IpNet::V4(_)) && gateway == net.subnet.broadcast();
+            if !net.subnet.contains(&gateway) || gateway == net.subnet.network() || broadcast {
+                return Err(invalid(key("gateway"), format!("{gateway} is not a host address of {}", net.subnet)));
+            }
+            if matches!(net.subnet, IpNet::V4(_)) && !(net.subnet.prefix_len()..=30).contains(&net.block_prefix) {
+                return Err(invalid(
+                    key("block_prefix"),
+                    format!("/{} must lie between the subnet's /{} and /30", net.block_prefix, net.subnet.prefix_len()),
+                ));
+            }
+            let label_ok =
+                |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if net.domain.len() > 200 || !net.domain.split('.').all(label_ok) {
+                return Err(invalid(key("domain"), format!("{:?} is not a DNS domain name", net.domain)));
+            }
             if net.is_encrypted() && self.control.is_none() {
                 return Err(invalid(
                     key("encrypted"),
@@ -515,6 +553,14 @@ impl NetworkConfig {
     /// The bridge this network's TAP joins.
     pub fn bridge_name(&self) -> String {
         self.bridge.clone().unwrap_or_else(|| format!("weft-{}", self.name))
+    }
+
+    /// The gateway address: configured, or the subnet's first address.
+    pub fn gateway_addr(&self) -> IpAddr {
+        self.gateway.unwrap_or_else(|| match self.subnet {
+            IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
+            IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
+        })
     }
 
     /// The TAP device's name: `wft<vni>`.
@@ -611,6 +657,11 @@ learning = "any"
         let too_big = c.networks[1].overlay_mtu(1, v4, 1420).unwrap_err().to_string();
         assert!(too_big.contains("network[1].mtu") && too_big.contains("1370"), "{too_big}");
         assert!(!c.networks[0].is_encrypted(), "without [control] networks are plaintext");
+        assert_eq!(c.networks[0].gateway_addr(), "198.19.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (c.networks[0].block_prefix, c.networks[0].internal, c.networks[0].domain.as_str()),
+            (26, false, "weft")
+        );
         let mut encrypted = c.networks[0].clone();
         encrypted.encrypted = Some(true);
         assert_eq!(encrypted.overlay_mtu(0, v4, 1500).unwrap(), 1500 - 20 - 30 - 45);
@@ -648,6 +699,11 @@ learning = "any"
             ("learning = \"any\"", "learning = \"sometimes\"", "learning"),
             ("[node]", "[node]\nvxlan_prot = 4789", "vxlan_prot"),
             ("mtu = 1400", "mtu = \"big\"", "mtu"),
+            ("mtu = 1400", "gateway = \"198.19.3.1\"", "network[1].gateway"),
+            ("mtu = 1400", "gateway = \"198.19.2.255\"", "network[1].gateway"),
+            ("mtu = 1400", "block_prefix = 20", "network[1].block_prefix"),
+            ("mtu = 1400", "domain = \"a..b\"", "network[1].domain"),
+            ("mtu = 1400", "internal = 1", "internal"),
             (
                 "[node]",
                 "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\nseeds = [\"198.18.0.1:0\"]\n[node]",

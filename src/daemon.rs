@@ -4,7 +4,9 @@
 //!  config ─► host setup (netlink: underlay check, bridges, TAPs, MTU) ─► worker thread (io::datapath)
 //!                                                                         ▲  queries
 //!                           api socket (tokio) ──────────────────────────┘
-//!  SIGINT/SIGTERM ─► stop worker ─► close TAPs (the kernel removes them) ─► delete the bridges weft created
+//!                           services: gateway address on each bridge, egress table `inet weft`, DNS, attach
+//!  SIGINT/SIGTERM ─► detach endpoints ─► stop worker ─► close TAPs (the kernel removes them) ─► delete the
+//!                    bridges weft created, the gateway addresses it added and the egress table
 //! ```
 
 use std::net::IpAddr;
@@ -21,13 +23,16 @@ use tracing::{info, warn};
 use crate::api;
 use crate::clock;
 use crate::config::Config;
-use crate::control::agent::{Agent, AgentConfig};
+use crate::control::agent::{Agent, AgentConfig, PoolConfig};
 use crate::control::pki::NodeIdentity;
 use crate::io::datapath::Datapath;
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
+use crate::services::attach::Attacher;
+use crate::services::egress::Egress;
 use crate::services::ingress::{Ingress, IngressConfig};
+use crate::services::{dns, NetworkInfo};
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
 fn bridge_alias(network: &str) -> String {
@@ -41,10 +46,23 @@ struct HostState {
     taps: Vec<Tap>,
     /// Ingress addresses added to bridges: (bridge index, address).
     addresses: Vec<(u32, IpAddr)>,
+    /// Gateway addresses weft added to bridges it does not own: (bridge, address).
+    gateway_addresses: Vec<(Link, IpAddr)>,
+    /// What the services need of each network, in config order.
+    networks: Vec<NetworkInfo>,
+    egress: Option<Egress>,
 }
 
 impl HostState {
     async fn teardown(self, netlink: &Netlink) {
+        if let Some(egress) = self.egress {
+            egress.remove();
+        }
+        for (bridge, addr) in self.gateway_addresses {
+            if let Err(e) = netlink.delete_address(bridge.index, addr).await {
+                warn!(bridge = %bridge.name, %addr, error = %e, "could not remove the gateway address");
+            }
+        }
         drop(self.taps); // closing the last descriptor removes a non-persistent TAP
         for (link, addr) in self.addresses {
             if let Err(e) = netlink.delete_address(link, addr).await {
@@ -73,6 +91,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut host = HostState::default();
     let setup = setup_networks(&config, &netlink, underlay_link.mtu, &mut host).await;
+    let setup = setup.and_then(|()| {
+        host.egress = Some(Egress::install(&host.networks)?);
+        Ok(())
+    });
     let underlay = setup.and_then(|()| {
         Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
     });
@@ -119,23 +141,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 keylog: c.keylog.clone(),
                 services: config.services.iter().map(|s| s.record(revision)).collect(),
                 catalog: ingress.as_ref().map(Ingress::catalog_sender),
+                pools: pools(&config),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
         }
         _ => None,
     };
-    let service_api = match (&agent, &ingress) {
-        (Some(agent), Some(ingress)) => {
-            Some(api::ServiceApi { status: ingress.status_handle(), commands: agent.commands.clone() })
-        }
-        _ => None,
+    let names = agent.as_ref().map(|a| a.names.clone());
+    let attacher = Arc::new(Attacher::new(
+        netlink.clone(),
+        host.networks.clone(),
+        agent.as_ref().map(|a| a.commands.clone()),
+        names.clone(),
+    ));
+    let dns_tasks = match &names {
+        Some(names) => dns::serve_all(&host.networks, names.clone(), dns_upstreams(&config)).await,
+        None => Vec::new(),
     };
-    let api = api::serve(&config, handle, agent.as_ref().map(|a| a.status.clone()), service_api);
+    let context = api::ApiContext {
+        queries: handle,
+        control: agent.as_ref().map(|a| a.status.clone()),
+        attacher: attacher.clone(),
+        names,
+        services: match (&agent, &ingress) {
+            (Some(agent), Some(ingress)) => {
+                Some(api::ServiceApi { status: ingress.status_handle(), commands: agent.commands.clone() })
+            }
+            _ => None,
+        },
+    };
+    let api = api::serve(&config, context);
     let outcome = match api {
         Ok(api_task) => {
             info!(networks = config.networks.len(), "ready");
             let outcome = wait_for_exit(&worker).await;
             api_task.abort();
+            for task in dns_tasks {
+                task.abort();
+            }
+            // Withdraw attached endpoints while the control plane can still say so.
+            attacher.detach_all().await;
             if let Some(agent) = agent {
                 agent.stop().await;
             }
@@ -210,6 +255,26 @@ async fn setup_networks(
         let offloads = tap.offloads();
         host.taps.push(tap);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
+        // The gateway (gwbridge): every host's bridge holds the same address; the forwarder keeps its frames local.
+        let gateway = net.gateway_addr();
+        let owned = host.owned_bridges.iter().any(|b| b.index == bridge.index);
+        let present = netlink.addresses(bridge.index).await?.iter().any(|(a, _)| *a == gateway);
+        if !present {
+            netlink.add_address(bridge.index, gateway, net.subnet.prefix_len()).await?;
+            if !owned {
+                host.gateway_addresses.push((bridge.clone(), gateway));
+            }
+        }
+        host.networks.push(NetworkInfo {
+            name: net.name.clone(),
+            vni: net.vni(),
+            subnet: net.subnet,
+            bridge: bridge_name.clone(),
+            mtu,
+            gateway,
+            internal: net.internal,
+            domain: net.domain.clone(),
+        });
         if let Some(addr) = net.ingress_address {
             netlink.add_address(bridge.index, addr, net.subnet.prefix_len()).await?;
             host.addresses.push((bridge.index, addr));
@@ -218,6 +283,38 @@ async fn setup_networks(
         info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, tso = offloads.vnet_hdr, uso = offloads.uso, "network up");
     }
     Ok(())
+}
+
+/// The IPv4 networks' address pools for the control plane's IPAM.
+fn pools(config: &Config) -> Vec<PoolConfig> {
+    config
+        .networks
+        .iter()
+        .filter_map(|n| match (n.subnet, n.gateway_addr()) {
+            (ipnet::IpNet::V4(subnet), IpAddr::V4(gateway)) => Some(PoolConfig {
+                vni: n.vni(),
+                network: subnet.network(),
+                prefix: subnet.prefix_len(),
+                block_prefix: n.block_prefix,
+                gateway,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where DNS forwards names that are not the overlay's: `node.dns_upstream`, or the daemon's /etc/resolv.conf.
+fn dns_upstreams(config: &Config) -> Vec<std::net::SocketAddr> {
+    if let Some(upstreams) = &config.node.dns_upstream {
+        return upstreams.clone();
+    }
+    match std::fs::read_to_string("/etc/resolv.conf") {
+        Ok(text) => dns::upstreams_from_resolv_conf(&text),
+        Err(e) => {
+            warn!(error = %e, "cannot read /etc/resolv.conf: DNS will answer SERVFAIL for names outside the overlay");
+            Vec::new()
+        }
+    }
 }
 
 fn engine_config(config: &Config) -> ForwarderConfig {
@@ -239,6 +336,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
                 static_fdb: n.static_fdb(),
                 flood_limit: RateLimit::default(),
                 encrypted: n.is_encrypted(),
+                gateways: vec![n.gateway_addr()],
             })
             .collect(),
     }

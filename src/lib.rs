@@ -3,8 +3,8 @@
 //! ```text
 //!  main.rs / cli ──► daemon ──► io::netlink   (bridges, TAP attach, MTU, underlay check)
 //!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
-//!                      │   ├──► api           (unix socket JSON: status, stats, fdb, services...)
-//!                      │   └──► services      (ingress: published ports balanced over backends)
+//!                      │   ├──► api           (unix socket JSON: status, stats, fdb, attach, detach, services...)
+//!                      │   └──► services      (attach/detach, egress NAT, DNS on the gateway, ingress routing mesh)
 //!                      └──── config           (TOML, validated before anything is touched)
 //! ```
 //!

@@ -40,7 +40,43 @@ enum Command {
     Peers(ClientArgs),
     /// Show the endpoints discovered on this host.
     Endpoints(ClientArgs),
-    /// Show the published services, their backends and health.
+    /// Put a network namespace on an overlay network: veth, address from this host's IPAM blocks, default route via
+    /// the gateway, and a gossiped endpoint record with its name and service.
+    Attach {
+        /// The namespace: a name under /run/netns, or the path of a namespace file.
+        netns: String,
+        /// The network's name.
+        #[arg(long)]
+        network: String,
+        /// The endpoint's DNS name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its service (resolvable as S and tasks.S).
+        #[arg(long)]
+        service: Option<String>,
+        /// `auto`, or a specific IPv4 address of the network's subnet.
+        #[arg(long, default_value = "auto")]
+        ip: String,
+        /// The interface name inside the namespace [default: the first free ethN].
+        #[arg(long)]
+        interface: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Undo `weft attach`: the veth, its address and routes, the record and the address lease.
+    Detach {
+        /// The namespace, as given to attach.
+        netns: String,
+        /// The network's name.
+        #[arg(long)]
+        network: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the endpoints attached on this host.
+    Attachments(ClientArgs),
+    /// Show the published services (ingress: backends and their health), every endpoint of the cluster by name and
+    /// service, and this host's address blocks.
     Services(ClientArgs),
     /// Publish or remove a service (ingress routing mesh), cluster-wide.
     #[command(subcommand)]
@@ -175,17 +211,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fdb(args) => client(args, "fdb", weft::cli::print_fdb),
         Command::Peers(args) => client(args, "peers", weft::cli::print_peers),
         Command::Endpoints(args) => client(args, "endpoints", weft::cli::print_endpoints),
-        Command::Services(args) => client(args, "services", weft::cli::print_services),
-        Command::Service(ServiceCommand::Publish { name, port, target, proto, balance, proxy_protocol, client }) => {
-            let request = serde_json::json!({
-                "method": "service_publish", "name": name, "port": port, "target": target, "proto": proto,
-                "balance": balance, "proxy_protocol": proxy_protocol,
+        Command::Attach { netns, network, name, service, ip, interface, client: args } => {
+            let params = serde_json::json!({
+                "netns": netns, "network": network, "name": name, "service": service, "ip": ip, "interface": interface,
             });
-            let answer = weft::cli::request_with(&socket_of(&client)?, request)?;
-            let p = &answer["published"];
-            if client.json {
-                println!("{answer}");
-            } else {
+            client_with(args, "attach", params, weft::cli::print_attachment)
+        }
+        Command::Detach { netns, network, client: args } => {
+            let params = serde_json::json!({ "netns": netns, "network": network });
+            client_with(args, "detach", params, |v| weft::cli::print_attachment(&v["detached"]))
+        }
+        Command::Attachments(args) => client(args, "attachments", weft::cli::print_attachments),
+        Command::Services(args) => client(args, "services", weft::cli::print_services),
+        Command::Service(ServiceCommand::Publish {
+            name,
+            port,
+            target,
+            proto,
+            balance,
+            proxy_protocol,
+            client: args,
+        }) => {
+            let params = serde_json::json!({
+                "name": name, "port": port, "target": target, "proto": proto, "balance": balance,
+                "proxy_protocol": proxy_protocol,
+            });
+            client_with(args, "service_publish", params, |answer| {
+                let p = &answer["published"];
                 println!(
                     "published {} {}/{} -> :{}",
                     p["name"].as_str().unwrap_or("?"),
@@ -193,18 +245,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     p["port"],
                     p["target"]
                 );
-            }
-            Ok(())
+            })
         }
-        Command::Service(ServiceCommand::Rm { name, client }) => {
-            let request = serde_json::json!({ "method": "service_rm", "name": name });
-            let answer = weft::cli::request_with(&socket_of(&client)?, request)?;
-            if client.json {
-                println!("{answer}");
-            } else {
-                println!("removed {name}");
-            }
-            Ok(())
+        Command::Service(ServiceCommand::Rm { name, client: args }) => {
+            let params = serde_json::json!({ "name": name });
+            client_with(args, "service_rm", params, |answer| {
+                println!("removed {}", answer["removed"].as_str().unwrap_or("?"));
+            })
         }
         Command::Ca(command) => ca(command),
     }
@@ -229,16 +276,21 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn socket_of(args: &ClientArgs) -> anyhow::Result<PathBuf> {
-    Ok(match &args.socket {
-        Some(s) => s.clone(),
-        None => Config::load(&args.config)?.node.api_socket,
-    })
+fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
+    client_with(args, method, serde_json::Value::Null, print)
 }
 
-fn client(args: ClientArgs, method: &str, print: fn(&serde_json::Value)) -> anyhow::Result<()> {
-    let socket = socket_of(&args)?;
-    let value = weft::cli::request(&socket, method)?;
+fn client_with(
+    args: ClientArgs,
+    method: &str,
+    params: serde_json::Value,
+    print: fn(&serde_json::Value),
+) -> anyhow::Result<()> {
+    let socket = match args.socket {
+        Some(s) => s,
+        None => Config::load(&args.config)?.node.api_socket,
+    };
+    let value = weft::cli::request_with(&socket, method, params)?;
     if args.json {
         println!("{value}");
     } else {

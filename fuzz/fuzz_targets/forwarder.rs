@@ -166,6 +166,7 @@ impl Harness {
             peers: vec![H2, H3, LOCAL],
             static_fdb: vec![(MAC_B, H2)],
             flood_limit: RateLimit { per_second: 10, burst: 3 },
+            gateways: Vec::new(),
             encrypted: encrypted[i],
         };
         let fw = Forwarder::new(

@@ -51,7 +51,7 @@ impl Directory {
                         Vec::new()
                     }
                 },
-                None => Vec::new(),
+                Some(RecordKey::Block(..)) | None => Vec::new(),
             },
             Event::RecordRemoved { origin, key } => match RecordKey::parse(key) {
                 Some(RecordKey::Endpoint(vni, mac)) => {
@@ -69,7 +69,7 @@ impl Directory {
                         Vec::new()
                     }
                 }
-                None => Vec::new(),
+                Some(RecordKey::Block(..)) | None => Vec::new(),
             },
             Event::MemberUp { .. } | Event::MemberDown { .. } => Vec::new(),
         }

@@ -1,7 +1,8 @@
 //! What hosts tell each other about the data plane, as gossip records (owned and signed by the announcing node):
 //!
 //! - `ep/<vni><mac>` → [`EndpointRecord`]: a container interface, its addresses, and the VTEP it sits behind;
-//! - `net/<vni>` → [`NetworkRecord`]: this host carries the VNI, so it belongs in the VNI's flood list.
+//! - `net/<vni>` → [`NetworkRecord`]: this host carries the VNI, so it belongs in the VNI's flood list;
+//! - `blk/<vni><index>` → [`crate::ipam::BlockClaim`]: this host claims address block `index` of the VNI's subnet.
 //!
 //! Keys are binary and fixed-length after the prefix, so a key names exactly one (VNI, MAC) or VNI.
 
@@ -12,6 +13,7 @@ use crate::{MacAddr, Vni};
 
 const ENDPOINT_PREFIX: &[u8] = b"ep/";
 const NETWORK_PREFIX: &[u8] = b"net/";
+const BLOCK_PREFIX: &[u8] = b"blk/";
 /// Most addresses one endpoint record carries.
 pub const MAX_IPS: usize = 16;
 const MAX_NAME: usize = 64;
@@ -50,6 +52,8 @@ pub enum RecordKey {
     Endpoint(Vni, MacAddr),
     /// A network membership.
     Network(Vni),
+    /// An IPAM block claim: the VNI and the block's index in the subnet.
+    Block(Vni, u32),
 }
 
 fn vni_bytes(vni: Vni) -> [u8; 3] {
@@ -63,6 +67,7 @@ impl RecordKey {
         match self {
             RecordKey::Endpoint(vni, mac) => [ENDPOINT_PREFIX, &vni_bytes(vni), &mac.0].concat(),
             RecordKey::Network(vni) => [NETWORK_PREFIX, &vni_bytes(vni)].concat(),
+            RecordKey::Block(vni, index) => [BLOCK_PREFIX, &vni_bytes(vni), &index.to_be_bytes()].concat(),
         }
     }
 
@@ -73,6 +78,9 @@ impl RecordKey {
             (rest.len() == 9).then(|| RecordKey::Endpoint(vni(rest), MacAddr::from_bytes(&rest[3..])))
         } else if let Some(rest) = key.strip_prefix(NETWORK_PREFIX) {
             (rest.len() == 3).then(|| RecordKey::Network(vni(rest)))
+        } else if let Some(rest) = key.strip_prefix(BLOCK_PREFIX) {
+            (rest.len() == 7)
+                .then(|| RecordKey::Block(vni(rest), u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]])))
         } else {
             None
         }
@@ -207,6 +215,10 @@ mod tests {
         assert_eq!(key.to_bytes(), b"ep/\x12\x34\x56\x02\x19\x00\x00\x01\x01");
         assert_eq!(RecordKey::parse(b"ep/\x12\x34"), None);
         assert_eq!(RecordKey::parse(b"svc/web"), None);
+        let block = RecordKey::Block(Vni::new(100).unwrap(), 3);
+        assert_eq!(block.to_bytes(), b"blk/\x00\x00\x64\x00\x00\x00\x03");
+        assert_eq!(RecordKey::parse(&block.to_bytes()), Some(block));
+        assert_eq!(RecordKey::parse(b"blk/\x00\x00\x64\x00"), None);
         assert_eq!(EndpointRecord::from_bytes(&[0xff; 4]), Err(DecodeError::Invalid("vni")));
     }
 }

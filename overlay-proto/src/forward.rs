@@ -52,6 +52,9 @@ pub struct NetworkConfig {
     pub flood_limit: RateLimit,
     /// Frames travel as ESP-in-UDP; plaintext VXLAN for this VNI is dropped.
     pub encrypted: bool,
+    /// The network's gateway addresses, held by this host's bridge (and every other host's): frames from or asking
+    /// for them stay on this host, and remote records never make the responder answer for them.
+    pub gateways: Vec<IpAddr>,
 }
 
 /// Data-plane learning of (VNI, inner source MAC) → outer source address (RFC 7348 §4.2).
@@ -297,6 +300,7 @@ struct Network {
     vni: Vni,
     learning: Learning,
     encrypted: bool,
+    gateways: Vec<IpAddr>,
     /// Configured peers (never this host).
     static_peers: Vec<IpAddr>,
     /// Static FDB VTEPs.
@@ -356,6 +360,7 @@ impl Forwarder {
                 vni: net.vni,
                 learning: net.learning,
                 encrypted: net.encrypted,
+                gateways: net.gateways,
                 static_peers: net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect(),
                 static_vteps: net.static_fdb.iter().map(|(_, vtep)| *vtep).collect(),
                 members: BTreeSet::new(),
@@ -392,8 +397,14 @@ impl Forwarder {
         let Ok(eth) = ethernet::Frame::new_checked(frame) else {
             return Egress::Drop(self.stats.drop(DropReason::Malformed));
         };
-        self.local.observe(now, network, frame);
         let net = &mut self.networks[network];
+        // The gateway is this host's bridge: its traffic, and queries for it, never leave the host (and the bridge is
+        // not an endpoint to discover).
+        if neighbor::gateway_frame(frame, &net.gateways) {
+            self.stats.kept_local += 1;
+            return Egress::Local;
+        }
+        self.local.observe(now, network, frame);
         if let Some(query) = neighbor::query(frame) {
             let ip = match query {
                 NeighborQuery::Arp { target } => IpAddr::V4(target),
@@ -602,12 +613,15 @@ impl Forwarder {
     pub fn handle_control(&mut self, update: ControlUpdate) {
         match update {
             ControlUpdate::Endpoint { vni, mac, vtep, ips } => {
-                if !self.by_vni.contains_key(&vni) || vtep == self.local_vtep {
+                let Some(&index) = self.by_vni.get(&vni) else { return };
+                if vtep == self.local_vtep {
                     return;
                 }
                 self.fdb.insert_remote(vni, mac, vtep);
                 self.forget_neighbors(vni, mac);
-                for ip in &ips {
+                // A record that claims the gateway's address never makes us answer for the gateway.
+                let gateways = &self.networks[index].gateways;
+                for ip in ips.iter().filter(|ip| !gateways.contains(ip)) {
                     self.neighbors.insert((vni, *ip), mac);
                 }
                 self.remote_ips.insert((vni, mac), ips);
@@ -718,6 +732,7 @@ mod tests {
             peers: vec![ip(H2), ip(H3), ip(H1)],
             static_fdb: vec![(MAC_B, ip(H2))],
             flood_limit: RateLimit { per_second: 10, burst: 2 },
+            gateways: vec![ip([198, 19, 0, 1])],
             encrypted: false,
         }
     }
@@ -862,6 +877,27 @@ mod tests {
         };
         repr.emit(&mut arp::Packet::new_unchecked(&mut f[14..]));
         f
+    }
+
+    #[test]
+    fn gateway_frames_stay_local_and_are_never_answered_from_records() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let vni = Vni::new(100).unwrap();
+        let gateway = ip([198, 19, 0, 1]);
+        // A remote record that (wrongly) carries the gateway address, e.g. another host's bridge.
+        let remote = MacAddr([2, 0x19, 0, 0, 2, 1]);
+        fw.handle_control(ControlUpdate::Endpoint { vni, mac: remote, vtep: ip(H2), ips: vec![gateway] });
+        assert_eq!(fw.neighbor(vni, gateway), None);
+        // A container asking for the gateway: the local bridge answers; nothing floods, nothing is suppressed.
+        let ask = arp_request(MAC_A, [198, 19, 0, 11], [198, 19, 0, 1]);
+        assert_eq!(fw.handle_tap_frame(now, 0, &ask), Egress::Local);
+        // The bridge asking for a container (sender = gateway) stays local too, and is not a local endpoint.
+        let bridge = MacAddr([2, 0x19, 0, 0, 0xbb, 1]);
+        let from_bridge = arp_request(bridge, [198, 19, 0, 1], [198, 19, 0, 21]);
+        assert_eq!(fw.handle_tap_frame(now, 0, &from_bridge), Egress::Local);
+        assert_eq!(fw.poll_local_event(), None);
+        assert_eq!((fw.stats().suppressed, fw.stats().kept_local, fw.stats().tx_flooded), (0, 2, 0));
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
 //! - [`service`]: published services (`svc/<name>` records) and the catalog of services and their backends;
 //!   [`balance`] picks a backend per connection; [`wire::proxy`] writes the PROXY protocol v2 header.
+//! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them.
+//! - [`names`]: every endpoint by name and service, for the DNS resolver and the ingress mesh.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
 //!   many [`gossip::Gossip`] nodes in one process.
@@ -37,8 +39,10 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod ipam;
 pub mod keying;
 pub mod local;
+pub mod names;
 pub mod neighbor;
 pub mod offload;
 pub mod rng;

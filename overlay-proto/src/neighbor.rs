@@ -56,6 +56,37 @@ pub fn query(frame: &[u8]) -> Option<NeighborQuery> {
     })
 }
 
+/// Whether `frame` belongs to a gateway of the network rather than to the overlay: an ARP packet whose sender or
+/// target address is one of `gateways`, a Neighbor Solicitation for one, or any IPv4/IPv6 packet sent from one.
+///
+/// Every host's bridge holds the same gateway address with its own MAC, so such frames must stay on the host they
+/// were sent on: a query for the gateway that crossed to another host would be answered with that host's bridge
+/// MAC, and the bridge's own ARP and ND traffic would overwrite other hosts' neighbour entries. The responder also
+/// must not answer for a gateway from the table: our Neighbor Advertisements have the Router flag clear, and a host
+/// that receives one for its router drops it from its default router list (RFC 4861 §7.2.5).
+pub fn gateway_frame(frame: &[u8], gateways: &[IpAddr]) -> bool {
+    if gateways.is_empty() {
+        return false;
+    }
+    let Ok(eth) = ethernet::Frame::new_checked(frame) else { return false };
+    let is_gateway = |ip: IpAddr| gateways.contains(&ip);
+    match eth.ethertype() {
+        ethertype::ARP => {
+            arp::Packet::new_checked(eth.payload()).ok().and_then(|p| arp::Repr::parse(&p).ok()).is_some_and(|a| {
+                is_gateway(IpAddr::V4(a.sender_protocol_addr)) || is_gateway(IpAddr::V4(a.target_protocol_addr))
+            })
+        }
+        ethertype::IPV4 => ipv4::Packet::new_checked(eth.payload()).is_ok_and(|p| is_gateway(IpAddr::V4(p.src_addr()))),
+        ethertype::IPV6 => {
+            let from_gateway =
+                ipv6::Packet::new_checked(eth.payload()).is_ok_and(|p| is_gateway(IpAddr::V6(p.src_addr())));
+            from_gateway
+                || matches!(query(frame), Some(NeighborQuery::Solicit { target }) if is_gateway(IpAddr::V6(target)))
+        }
+        _ => false,
+    }
+}
+
 /// Writes the reply frame answering `request` (an ARP request or NS frame) with `mac` owning the queried address into
 /// `out`; returns its length, or None if `request` is not a query or `out` is too small.
 ///
@@ -369,6 +400,25 @@ mod tests {
         let mut out = [0u8; 128];
         let len = answer(request, OWNER, &mut out).expect("a query");
         out[..len].to_vec()
+    }
+
+    #[test]
+    fn gateway_frames_are_recognised() {
+        let none: &[IpAddr] = &[];
+        assert!(!gateway_frame(&ARP_REQUEST, none));
+        // A query for the gateway, and the gateway's own queries (sender address).
+        assert!(gateway_frame(&ARP_REQUEST, &[IpAddr::V4(OWNER_V4)]));
+        assert!(gateway_frame(&ARP_REQUEST, &[IpAddr::V4(HOST_V4)]));
+        assert!(!gateway_frame(&ARP_REQUEST, &[IpAddr::V4(Ipv4Addr::new(198, 19, 1, 9))]));
+        // A solicitation for the gateway, and packets the gateway sends.
+        assert!(gateway_frame(&SOLICIT, &[IpAddr::V6(OWNER_V6)]));
+        assert!(gateway_frame(&SOLICIT, &[IpAddr::V6(HOST_V6)]));
+        assert!(!gateway_frame(&SOLICIT, &[IpAddr::V4(OWNER_V4)]));
+        assert!(gateway_frame(&IPV4_UDP, &[IpAddr::V4(HOST_V4)]));
+        // Packets to the gateway's address are routed through it (egress), not for other hosts' bridges, but the
+        // bridge consumes them by MAC before weft sees them: only sources count.
+        assert!(!gateway_frame(&IPV4_UDP, &[IpAddr::V4(Ipv4Addr::new(198, 19, 1, 2))]));
+        assert!(!gateway_frame(&ARP_REQUEST[..20], &[IpAddr::V4(OWNER_V4)]));
     }
 
     #[test]

@@ -12,11 +12,15 @@
 //!  record table changed ─► Catalog (services + labelled endpoints) ─► ingress (watch);  winning service
 //!  definitions are re-published as this node's own (adoption), so a service outlives the host it was published on
 //!  AgentCommand (API: service publish / rm) ─► svc/<name> record with a newer revision
+//!  AgentCommand (api: attach/detach) ─► Ipam (blk/ claims) and own ep/ records; every ep/ record ─► Names (DNS)
 //! ```
+//!
+//! Endpoints registered by `weft attach` carry a name and labels; frame-based discovery never overwrites or
+//! withdraws them (only `weft detach` does).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,10 +30,12 @@ use overlay_proto::codec::Codec;
 use overlay_proto::directory::Directory;
 use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode};
+use overlay_proto::ipam::{Ipam, IpamAction, IpamConfig, IpamStats};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
+use overlay_proto::names::Names;
 use overlay_proto::service::{parse_service_key, service_key, Catalog, ServiceRecord};
-use overlay_proto::Vni;
+use overlay_proto::{MacAddr, NodeId, Vni};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use weft_crypto::keys::{keylog_line, SecretRng};
@@ -69,7 +75,73 @@ pub struct ControlStatus {
     pub keying: Option<KeyingStats>,
     /// Current SA epoch per peer id: (epoch, when it was agreed).
     pub epochs: Vec<(String, u64, std::time::Instant)>,
+    /// Address management counters.
+    pub ipam: IpamStats,
+    /// Address blocks this host holds: (VNI, first address, prefix length).
+    pub blocks: Vec<(Vni, Ipv4Addr, u8)>,
 }
+
+/// An address pool `weft attach` hands addresses out of.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The network.
+    pub vni: Vni,
+    /// Its IPv4 subnet's network address.
+    pub network: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix: u8,
+    /// The block size hosts claim.
+    pub block_prefix: u8,
+    /// Never handed out.
+    pub gateway: Ipv4Addr,
+}
+
+/// What the API asks of the control plane.
+#[derive(Debug)]
+pub enum AgentCommand {
+    /// An address for a new endpoint: `requested`, or any free one. The answer may wait for a block claim to settle.
+    Allocate {
+        /// The network.
+        vni: Vni,
+        /// A specific address, or `None` for any.
+        requested: Option<Ipv4Addr>,
+        /// The address, or why not.
+        reply: oneshot::Sender<Result<Ipv4Addr, String>>,
+    },
+    /// Gives an address back.
+    Release {
+        /// The network.
+        vni: Vni,
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// Publishes an attached endpoint.
+    Register(EndpointRecord),
+    /// Withdraws an attached endpoint.
+    Withdraw {
+        /// The network.
+        vni: Vni,
+        /// Its MAC.
+        mac: MacAddr,
+    },
+    /// Publish (or re-define) a service cluster-wide. Its revision is set by the agent.
+    PublishService {
+        /// The definition.
+        record: ServiceRecord,
+        /// The definition as published.
+        reply: oneshot::Sender<ServiceRecord>,
+    },
+    /// Remove a service cluster-wide; an error if there is no such service.
+    RemoveService {
+        /// Its name.
+        name: String,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// How long an allocation may wait for a block claim before it fails.
+const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -92,25 +164,8 @@ pub struct AgentConfig {
     pub services: Vec<ServiceRecord>,
     /// Where the catalog of services and backends goes (the ingress).
     pub catalog: Option<watch::Sender<Arc<Catalog>>>,
-}
-
-/// A request to the control plane from the API.
-#[derive(Debug)]
-pub enum AgentCommand {
-    /// Publish (or re-define) a service cluster-wide. Its revision is set by the agent.
-    Publish {
-        /// The definition.
-        record: ServiceRecord,
-        /// The definition as published.
-        reply: oneshot::Sender<ServiceRecord>,
-    },
-    /// Remove a service cluster-wide; an error if there is no such service.
-    Remove {
-        /// Its name.
-        name: String,
-        /// Done, or why not.
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    /// Address pools for `weft attach`.
+    pub pools: Vec<PoolConfig>,
 }
 
 /// The operating system's CSPRNG, for key shares.
@@ -131,6 +186,8 @@ pub struct Agent {
     pub status: Arc<Mutex<ControlStatus>>,
     /// Requests from the API.
     pub commands: mpsc::Sender<AgentCommand>,
+    /// Every endpoint of the cluster by name and service (readers: DNS, API, ingress).
+    pub names: Arc<std::sync::RwLock<Names>>,
 }
 
 impl Agent {
@@ -153,6 +210,13 @@ impl Agent {
         let gossip = Gossip::new(GossipConfig::default(), PkiAuthenticator::new(identity.clone()), local, seed, now);
         let status = Arc::new(Mutex::new(ControlStatus { id: identity.id().to_string(), ..ControlStatus::default() }));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut ipam = Ipam::new(identity.id(), IpamConfig::default());
+        for pool in &config.pools {
+            ipam.add_network(pool.vni, pool.network, pool.prefix, Some(pool.block_prefix), pool.gateway)
+                .map_err(|e| anyhow::anyhow!("address pool of network {}: {e}", pool.vni))?;
+        }
+        let names = Arc::new(std::sync::RwLock::new(Names::default()));
+        let (commands, commands_rx) = mpsc::channel(256);
         let keyring =
             config.keying.clone().map(|k| Keyring::new(k, identity.id(), clock::wall_millis(), seed.rotate_left(17)));
         let keylog = match &config.keylog {
@@ -178,10 +242,13 @@ impl Agent {
             digest_dirty: true,
             catalog: Arc::new(Catalog::default()),
             catalog_digest: None,
+            ipam,
+            pending: Vec::new(),
+            attached: HashMap::new(),
+            names: names.clone(),
         };
-        let (commands, commands_rx) = mpsc::channel(64);
         let task = tokio::spawn(driver.run(events, datapath_events, commands_rx, shutdown_rx));
-        Ok(Self { shutdown, task, status, commands })
+        Ok(Self { shutdown, task, status, commands, names })
     }
 
     /// Announces the leave, flushes it, and stops.
@@ -207,6 +274,12 @@ struct Driver {
     catalog: Arc<Catalog>,
     /// The table digest the catalog was built at.
     catalog_digest: Option<u64>,
+    ipam: Ipam,
+    /// Allocations waiting for a block claim to settle: (give up at, VNI, requested, reply).
+    pending: Vec<(std::time::Instant, Vni, Option<Ipv4Addr>, oneshot::Sender<Result<Ipv4Addr, String>>)>,
+    /// Endpoints registered by attach, which discovery leaves alone.
+    attached: HashMap<(Vni, MacAddr), EndpointRecord>,
+    names: Arc<std::sync::RwLock<Names>>,
 }
 
 impl Driver {
@@ -231,7 +304,8 @@ impl Driver {
         info!(id = %self.gossip.id(), listen = %self.config.listen, seeds = self.config.seeds.len(), "control plane up");
         loop {
             let keying_deadline = self.keyring.as_ref().and_then(Keyring::poll_timeout);
-            let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline))
+            let ipam_deadline = self.ipam.poll_timeout().filter(|_| !self.pending.is_empty());
+            let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline).chain(ipam_deadline))
                 .min()
                 .unwrap_or_else(|| clock::now() + Duration::from_secs(1));
             tokio::select! {
@@ -244,6 +318,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                     let now = clock::now();
                     self.gossip.handle_timeout(now);
+                    self.ipam.handle_timeout(now);
                     if let Some(keyring) = &mut self.keyring {
                         keyring.handle_timeout(now, &mut self.rng);
                     }
@@ -295,6 +370,8 @@ impl Driver {
             }
         };
         match event {
+            LocalEvent::Seen { network, mac, .. } | LocalEvent::Gone { network, mac }
+                if self.attached.contains_key(&(self.config.vnis[network], mac)) => {}
             LocalEvent::Seen { network, mac, ips } => {
                 let vni = self.config.vnis[network];
                 let record =
@@ -312,20 +389,41 @@ impl Driver {
 
     fn on_command(&mut self, command: AgentCommand) {
         let now = clock::now();
-        self.digest_dirty = true;
-        // A new definition must beat the one in force everywhere, even if this host's clock is behind.
+        // A new service definition must beat the one in force everywhere, even if this host's clock is behind.
         let revision = |name: &str, catalog: &Catalog| {
             clock::wall_millis().max(catalog.definition(name).map_or(0, |d| d.revision.saturating_add(1)))
         };
         match command {
-            AgentCommand::Publish { mut record, reply } => {
+            AgentCommand::Allocate { vni, requested, reply } => {
+                self.pending.push((now + ALLOCATE_TIMEOUT, vni, requested, reply));
+            }
+            AgentCommand::Release { vni, ip } => self.ipam.release(vni, ip),
+            AgentCommand::Register(record) => {
+                let record = EndpointRecord { vtep: self.config.vtep, ..record };
+                let key = RecordKey::Endpoint(record.vni, record.mac).to_bytes();
+                info!(vni = %record.vni, mac = %record.mac, name = %record.name, ips = ?record.ips, "endpoint attached");
+                self.gossip.set_record(now, key, record.to_bytes());
+                self.set_name(self.gossip.id(), record.clone());
+                self.attached.insert((record.vni, record.mac), record);
+                self.digest_dirty = true;
+            }
+            AgentCommand::Withdraw { vni, mac } => {
+                info!(%vni, %mac, "endpoint detached");
+                self.attached.remove(&(vni, mac));
+                self.gossip.remove_record(now, RecordKey::Endpoint(vni, mac).to_bytes());
+                if let Ok(mut names) = self.names.write() {
+                    names.remove(self.gossip.id(), vni, mac);
+                }
+                self.digest_dirty = true;
+            }
+            AgentCommand::PublishService { mut record, reply } => {
                 record.revision = revision(&record.name, &self.catalog);
                 record.removed = false;
                 info!(service = %record.name, port = record.port, target = record.target, "publishing a service");
                 self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
                 let _ = reply.send(record);
             }
-            AgentCommand::Remove { name, reply } => {
+            AgentCommand::RemoveService { name, reply } => {
                 let Some(current) = self.catalog.definition(&name).filter(|d| !d.removed).cloned() else {
                     let _ = reply.send(Err(format!("no service named {name:?}")));
                     return;
@@ -368,8 +466,51 @@ impl Driver {
         }
     }
 
+    fn set_name(&self, origin: NodeId, record: EndpointRecord) {
+        if let Ok(mut names) = self.names.write() {
+            names.set(origin, record);
+        }
+    }
+
+    /// Answers the allocations that can be answered, claiming blocks for the others.
+    fn serve_allocations(&mut self) {
+        let (now, wall) = (clock::now(), clock::wall_millis());
+        let mut waiting = Vec::new();
+        for (deadline, vni, requested, reply) in std::mem::take(&mut self.pending) {
+            match self.ipam.allocate(now, wall, vni, requested) {
+                Ok(Some(ip)) => {
+                    if reply.send(Ok(ip)).is_err() {
+                        self.ipam.release(vni, ip); // the API gave up waiting
+                    }
+                }
+                Ok(None) if now < deadline => waiting.push((deadline, vni, requested, reply)),
+                Ok(None) => {
+                    let _ = reply.send(Err("timed out waiting for an address block claim to settle".into()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+        self.pending = waiting;
+        while let Some(action) = self.ipam.poll_action() {
+            self.digest_dirty = true;
+            match action {
+                IpamAction::SetRecord { key, value } => {
+                    debug!(key = ?key, "claiming an address block");
+                    self.gossip.set_record(now, key, value);
+                }
+                IpamAction::RemoveRecord { key } => {
+                    info!(key = ?key, "lost an address block to an earlier claim; claiming another");
+                    self.gossip.remove_record(now, key);
+                }
+            }
+        }
+    }
+
     /// Sends what the gossip node wants sent and applies what it learnt.
     fn flush(&mut self) {
+        self.serve_allocations();
         while let Some(t) = self.gossip.poll_transmit() {
             let data = Bytes::from(t.payload);
             if t.reliable {
@@ -397,8 +538,22 @@ impl Driver {
                         keyring.remove_peer(id);
                     }
                 }
-                _ => {}
+                Event::RecordSet { origin, key, value } => {
+                    if let Some(RecordKey::Endpoint(..)) = RecordKey::parse(key) {
+                        if let Ok(record) = EndpointRecord::from_bytes(value) {
+                            self.set_name(*origin, record);
+                        }
+                    }
+                }
+                Event::RecordRemoved { origin, key } => {
+                    if let Some(RecordKey::Endpoint(vni, mac)) = RecordKey::parse(key) {
+                        if let Ok(mut names) = self.names.write() {
+                            names.remove(*origin, vni, mac);
+                        }
+                    }
+                }
             }
+            self.ipam.handle_event(now, &event);
             for update in self.directory.handle_event(&event) {
                 if self.datapath.send(Query::Control(update)).is_err() {
                     warn!("data path queue full: a control-plane update was dropped; anti-entropy will repair it");
@@ -418,6 +573,8 @@ impl Driver {
         }
         status.gossip = self.gossip.stats().clone();
         status.undecodable = self.directory.undecodable;
+        status.ipam = self.ipam.stats().clone();
+        status.blocks = self.ipam.my_blocks(now);
         // The digest and the epochs change only with gossip and key events; most loops handle a probe.
         if std::mem::take(&mut self.digest_dirty) {
             status.table_digest = self.gossip.table_digest();

@@ -1,12 +1,17 @@
-//! Links and addresses through rtnetlink: the bridge each network's TAP joins, the TAP's MTU and state, and the
-//! underlay address check. No `ip` command is ever run.
+//! Links, addresses and routes through rtnetlink: the bridge each network's TAP joins, the TAP's MTU and state, the
+//! underlay address check, the gateway address on the bridge, and the veth pairs of `weft attach` (configured inside
+//! the endpoint's namespace through a netlink socket opened there). No `ip` command is ever run.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// A netlink request failed: what weft was doing, and what the kernel said.
 #[derive(Debug, thiserror::Error)]
@@ -139,24 +144,144 @@ impl Netlink {
         self.handle.link().del(index).execute().await.map_err(fail(format!("deleting link #{index}")))
     }
 
-    /// Adds `addr/prefix` to `link` (replacing an identical one a crashed weft left behind).
+    /// A connection inside the network namespace at `path` (a `/run/netns/NAME` file), and the task that drives it
+    /// (abort it when done). The socket is created by a short-lived thread that enters the namespace, so the
+    /// daemon's own threads never change namespace.
+    pub fn in_netns(path: &Path) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let target = std::fs::File::open(path)?;
+        let runtime = tokio::runtime::Handle::current();
+        let opened = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _context = runtime.enter();
+                    super::netns::enter(&target)?;
+                    rtnetlink::new_connection()
+                })
+                .join()
+        });
+        let (connection, handle, _) = opened.map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+        Ok((Self { handle }, tokio::spawn(connection)))
+    }
+
+    /// Names of every link.
+    pub async fn link_names(&self) -> Result<Vec<String>, NetlinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(msg) = links.try_next().await.map_err(fail("listing links"))? {
+            names.push(Link::from_message(&msg).name);
+        }
+        Ok(names)
+    }
+
+    /// Creates the veth pair `name` ↔ `peer` (both down).
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(Link, Link), NetlinkError> {
+        let what = format!("creating veth pair {name}/{peer}");
+        self.handle.link().add(LinkVeth::new(name, peer).build()).execute().await.map_err(fail(what.clone()))?;
+        let missing = || NetlinkError { what: what.clone(), cause: "created but not found".into() };
+        let host = self.link_by_name(name).await?.ok_or_else(missing)?;
+        let peer = self.link_by_name(peer).await?.ok_or_else(missing)?;
+        Ok((host, peer))
+    }
+
+    /// Gives `link` its MAC and MTU and moves it into the namespace open as `netns`.
+    pub async fn move_to_netns(
+        &self,
+        link: u32,
+        mac: [u8; 6],
+        mtu: u32,
+        netns: &std::fs::File,
+    ) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(link).address(mac.to_vec()).mtu(mtu).build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("setting up link #{link}")))?;
+        let message = LinkUnspec::new_with_index(link).setns_by_fd(netns.as_raw_fd()).build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("moving link #{link} to its namespace")))
+    }
+
+    /// Renames `link` to `name` and brings it up (a link must be down to be renamed).
+    pub async fn rename_up(&self, link: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(link).name(name.to_string()).build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("renaming link #{link} to {name}")))?;
+        self.set_up(link).await
+    }
+
+    /// Brings `link` up.
+    pub async fn set_up(&self, link: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(link).up().build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("bringing up link #{link}")))
+    }
+
+    /// Adds `addr/prefix` to `link`; an address already there is fine.
     pub async fn add_address(&self, link: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-        self.handle
-            .address()
-            .add(link, addr, prefix)
-            .replace()
-            .execute()
-            .await
-            .map_err(fail(format!("adding {addr}/{prefix} to link #{link}")))
+        match self.handle.address().add(link, addr, prefix).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            other => other.map_err(fail(format!("adding {addr}/{prefix} to link #{link}"))),
+        }
+    }
+
+    /// The addresses on `link`, with their prefix lengths.
+    pub async fn addresses(&self, link: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        Ok(self.address_messages(link).await?.iter().filter_map(address_of).collect())
+    }
+
+    async fn address_messages(&self, link: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let mut addresses = self.handle.address().get().set_link_index_filter(link).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addresses.try_next().await.map_err(fail(format!("listing addresses of link #{link}")))? {
+            if msg.header.index == link {
+                out.push(msg);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes `addr` from `link`, if it is there.
     pub async fn delete_address(&self, link: u32, addr: IpAddr) -> Result<(), NetlinkError> {
-        let mut addresses = self.handle.address().get().set_link_index_filter(link).set_address_filter(addr).execute();
-        let what = format!("removing {addr} from link #{link}");
-        while let Some(msg) = addresses.try_next().await.map_err(fail(what.clone()))? {
-            self.handle.address().del(msg).execute().await.map_err(fail(what.clone()))?;
+        for msg in self.address_messages(link).await? {
+            if address_of(&msg).is_some_and(|(a, _)| a == addr) {
+                let what = format!("removing {addr} from link #{link}");
+                self.handle.address().del(msg).execute().await.map_err(fail(what))?;
+            }
         }
         Ok(())
     }
+
+    /// Whether the main table has an IPv4 default route.
+    pub async fn has_default_route(&self) -> Result<bool, NetlinkError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(query).execute();
+        while let Some(route) = routes.try_next().await.map_err(fail("listing routes"))? {
+            if is_default(&route) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Adds the IPv4 default route via `gateway` out of `link`.
+    pub async fn add_default_route(&self, link: u32, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(link).gateway(gateway).build();
+        self.handle.route().add(route).execute().await.map_err(fail(format!("adding a default route via {gateway}")))
+    }
+}
+
+fn address_of(msg: &AddressMessage) -> Option<(IpAddr, u8)> {
+    let prefix = msg.header.prefix_len;
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(a) => Some((*a, prefix)),
+            _ => None,
+        })
+        .or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(a) => Some((*a, prefix)),
+                _ => None,
+            })
+        })
+}
+
+fn is_default(route: &RouteMessage) -> bool {
+    route.header.destination_prefix_length == 0
+        && route.header.table == rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN
+        && !route.attributes.iter().any(|a| matches!(a, RouteAttribute::Table(t) if *t != 254))
 }

@@ -1,0 +1,416 @@
+//! `weft attach` and `weft detach`: an endpoint in a network namespace, on an overlay network.
+//!
+//! Attach, in order (any failure undoes the steps before it):
+//! 1. an address from this host's IPAM blocks (the control plane claims a block first if need be);
+//! 2. a veth pair: `wv<hash>` on the host, a port of the network's bridge with the overlay MTU; the other end moves
+//!    into the namespace, gets the MAC `02:57:<IPv4 address>`, the name `ethN` (first free) and the address;
+//! 3. `lo` up, and a default route via the gateway unless the namespace already has one (a second network);
+//! 4. `/etc/netns/<name>/resolv.conf` pointing at the gateway's DNS, when the namespace is named and has none
+//!    (`ip netns exec` shows it as the namespace's /etc/resolv.conf);
+//! 5. the endpoint record (`ep/`), with the name and the label `service=S`, gossiped to every host.
+//!
+//! Detach deletes the host's veth end (the kernel removes the pair, and with it the address and routes in the
+//! namespace), the resolv.conf weft wrote, withdraws the record and frees the address.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use overlay_proto::endpoint::EndpointRecord;
+use overlay_proto::names::{Names, SERVICE_LABEL};
+use overlay_proto::MacAddr;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::{info, warn};
+
+use super::NetworkInfo;
+use crate::control::agent::AgentCommand;
+use crate::io::netlink::Netlink;
+
+/// What `attach` is asked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// A namespace name (`/run/netns/NAME`) or the path of a namespace file (`/proc/PID/ns/net`).
+    pub netns: String,
+    /// The network's name.
+    pub network: String,
+    /// The endpoint's DNS name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its service: published as the label `service=S`, resolvable as `S` and `tasks.S`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `auto` (or absent) for any free address, or a specific IPv4 address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The interface name inside the namespace; the first free `ethN` by default.
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+/// What `detach` is asked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    /// As given to attach.
+    pub netns: String,
+    /// The network's name.
+    pub network: String,
+}
+
+/// An attached endpoint: the answer of `attach`, and an element of `attachments`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    /// The network's name.
+    pub network: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// The namespace, as given.
+    pub netns: String,
+    /// The interface inside the namespace.
+    pub interface: String,
+    /// The host's end of the veth pair (a port of the bridge).
+    pub host_interface: String,
+    /// The interface's MAC.
+    pub mac: String,
+    /// The address with its prefix length, e.g. `198.19.0.2/24`.
+    pub address: String,
+    /// The address alone.
+    pub ip: IpAddr,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+    /// The gateway (this host's bridge).
+    pub gateway: IpAddr,
+    /// Whether attach set the namespace's default route via the gateway.
+    pub default_route: bool,
+    /// The DNS server for the endpoint (the gateway).
+    pub dns: Vec<IpAddr>,
+    /// The DNS search domain.
+    pub domain: String,
+    /// The interface MTU.
+    pub mtu: u32,
+    /// The endpoint's name, if any.
+    pub name: Option<String>,
+    /// Its service, if any.
+    pub service: Option<String>,
+    /// The resolv.conf weft wrote for the namespace, removed on detach.
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// The attach/detach service, shared by API connections.
+#[derive(Debug)]
+pub struct Attacher {
+    netlink: Netlink,
+    networks: Vec<NetworkInfo>,
+    agent: Option<mpsc::Sender<AgentCommand>>,
+    names: Option<Arc<RwLock<Names>>>,
+    /// (netns, network) → attachment. The lock also serialises attaches, so interface names never race.
+    attached: Mutex<BTreeMap<(String, String), Attachment>>,
+    /// Where `ip netns` keeps per-namespace files (`/etc/netns`).
+    etc_netns: PathBuf,
+}
+
+/// An interface name: 1 to 15 bytes, no '/', space or ':'.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len()) && !name.contains(['/', ' ', ':']) && name != "." && name != ".."
+}
+
+/// A DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'.
+fn valid_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The MAC of an attached endpoint: locally administered, unicast, and unique with its address.
+fn endpoint_mac(ip: Ipv4Addr) -> MacAddr {
+    let o = ip.octets();
+    MacAddr([0x02, 0x57, o[0], o[1], o[2], o[3]])
+}
+
+/// FNV-1a of the attachment's key, for its host interface name.
+fn short_hash(netns: &str, network: &str) -> u32 {
+    let mut h = 0x811c_9dc5u32;
+    for b in netns.bytes().chain([0]).chain(network.bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+impl Attacher {
+    /// The service for `networks`; `agent` and `names` are absent without a control plane (attach then fails).
+    pub fn new(
+        netlink: Netlink,
+        networks: Vec<NetworkInfo>,
+        agent: Option<mpsc::Sender<AgentCommand>>,
+        names: Option<Arc<RwLock<Names>>>,
+    ) -> Self {
+        Self { netlink, networks, agent, names, attached: Mutex::new(BTreeMap::new()), etc_netns: "/etc/netns".into() }
+    }
+
+    fn network(&self, name: &str) -> anyhow::Result<&NetworkInfo> {
+        self.networks.iter().find(|n| n.name == name).with_context(|| {
+            let known: Vec<&str> = self.networks.iter().map(|n| n.name.as_str()).collect();
+            format!("no network {name:?} on this host (known: {})", known.join(", "))
+        })
+    }
+
+    fn netns_path(netns: &str) -> anyhow::Result<PathBuf> {
+        if netns.contains('/') {
+            return Ok(PathBuf::from(netns));
+        }
+        if netns.is_empty() || netns == "." || netns == ".." || netns.len() > 255 {
+            bail!("netns {netns:?} is not a namespace name");
+        }
+        Ok(Path::new("/run/netns").join(netns))
+    }
+
+    /// Every attachment of this host.
+    pub async fn list(&self) -> Vec<Attachment> {
+        self.attached.lock().await.values().cloned().collect()
+    }
+
+    /// Attaches an endpoint; see the module doc.
+    pub async fn attach(&self, request: AttachRequest) -> anyhow::Result<Attachment> {
+        let net = self.network(&request.network)?.clone();
+        let agent = self.agent.clone().context(
+            "attach needs the control plane ([control] in the config): addresses come from blocks claimed through gossip",
+        )?;
+        let IpAddr::V4(gateway) = net.gateway else {
+            bail!("network {} has an IPv6 subnet; attach assigns IPv4 addresses only", net.name)
+        };
+        for (what, value) in [("name", &request.name), ("service", &request.service)] {
+            if let Some(v) = value {
+                if !valid_label(v) || v.eq_ignore_ascii_case("tasks") {
+                    bail!("{what} {v:?} must be a DNS label: 1 to 63 of a-z, 0-9 and '-', and not \"tasks\"");
+                }
+            }
+        }
+        if let Some(ifname) = &request.interface {
+            if !valid_ifname(ifname) {
+                bail!("interface {ifname:?} is not a valid interface name");
+            }
+        }
+        let requested = match request.ip.as_deref() {
+            None | Some("auto") => None,
+            Some(text) => Some(
+                text.parse::<Ipv4Addr>().with_context(|| format!("ip {text:?} must be `auto` or an IPv4 address"))?,
+            ),
+        };
+        let netns_path = Self::netns_path(&request.netns)?;
+        let netns_file = std::fs::File::open(&netns_path)
+            .with_context(|| format!("opening network namespace {}", netns_path.display()))?;
+
+        let mut attached = self.attached.lock().await;
+        let key = (request.netns.clone(), net.name.clone());
+        if attached.contains_key(&key) {
+            bail!("{} is already attached to network {}", request.netns, net.name);
+        }
+        if let (Some(name), Some(names)) = (&request.name, &self.names) {
+            let taken = names.read().map(|n| n.endpoints().any(|e| e.record.vni == net.vni && &e.record.name == name));
+            if taken.unwrap_or(false) {
+                bail!("the name {name:?} is already used on network {}", net.name);
+            }
+        }
+
+        let (reply, answer) = oneshot::channel();
+        agent
+            .send(AgentCommand::Allocate { vni: net.vni, requested, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the control plane is not running"))?;
+        let ip = tokio::time::timeout(Duration::from_secs(15), answer)
+            .await
+            .context("no address: the control plane did not answer")?
+            .context("no address: the control plane stopped")?
+            .map_err(|e| anyhow::anyhow!("no address on network {}: {e}", net.name))?;
+
+        let hash = short_hash(&request.netns, &net.name);
+        let host_name = format!("wv{hash:08x}");
+        let peer_name = format!("wp{hash:08x}");
+        let setup = self.plumb(&net, &request, &netns_file, &host_name, &peer_name, ip, gateway).await;
+        let (interface, default_route) = match setup {
+            Ok(done) => done,
+            Err(e) => {
+                if let Ok(Some(link)) = self.netlink.link_by_name(&host_name).await {
+                    let _ = self.netlink.delete_link(link.index).await;
+                }
+                let _ = agent.send(AgentCommand::Release { vni: net.vni, ip }).await;
+                return Err(e);
+            }
+        };
+        let resolv_conf = self.write_resolv_conf(&request.netns, gateway, &net.domain);
+        let mac = endpoint_mac(ip);
+        let mut labels = Vec::new();
+        if let Some(service) = &request.service {
+            labels.push((SERVICE_LABEL.to_string(), service.clone()));
+        }
+        let record = EndpointRecord {
+            vni: net.vni,
+            mac,
+            ips: vec![IpAddr::V4(ip)],
+            vtep: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            name: request.name.clone().unwrap_or_default(),
+            labels,
+        };
+        let _ = agent.send(AgentCommand::Register(record)).await;
+        let attachment = Attachment {
+            network: net.name.clone(),
+            vni: net.vni.get(),
+            netns: request.netns.clone(),
+            interface,
+            host_interface: host_name,
+            mac: mac.to_string(),
+            address: format!("{ip}/{}", net.subnet.prefix_len()),
+            ip: IpAddr::V4(ip),
+            prefix_len: net.subnet.prefix_len(),
+            gateway: net.gateway,
+            default_route,
+            dns: vec![net.gateway],
+            domain: net.domain.clone(),
+            mtu: net.mtu,
+            name: request.name,
+            service: request.service,
+            resolv_conf,
+        };
+        info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "attached");
+        attached.insert(key, attachment.clone());
+        Ok(attachment)
+    }
+
+    /// The netlink part of attach; returns the interface name and whether the default route was set.
+    #[allow(clippy::too_many_arguments)]
+    async fn plumb(
+        &self,
+        net: &NetworkInfo,
+        request: &AttachRequest,
+        netns_file: &std::fs::File,
+        host_name: &str,
+        peer_name: &str,
+        ip: Ipv4Addr,
+        gateway: Ipv4Addr,
+    ) -> anyhow::Result<(String, bool)> {
+        let netns_path = Self::netns_path(&request.netns)?;
+        let (inside, driver) = Netlink::in_netns(&netns_path)
+            .with_context(|| format!("opening netlink in namespace {}", netns_path.display()))?;
+        let result = async {
+            let names = inside.link_names().await?;
+            let interface = match &request.interface {
+                Some(name) if names.contains(name) => bail!("{} already has an interface {name}", request.netns),
+                Some(name) => name.clone(),
+                None => (0..).map(|i| format!("eth{i}")).find(|n| !names.contains(n)).expect("unbounded"),
+            };
+            let bridge = self
+                .netlink
+                .link_by_name(&net.bridge)
+                .await?
+                .with_context(|| format!("bridge {} of network {} is gone", net.bridge, net.name))?;
+            if self.netlink.link_by_name(host_name).await?.is_some() {
+                bail!("interface {host_name} already exists on the host");
+            }
+            let (host, peer) = self.netlink.create_veth(host_name, peer_name).await?;
+            self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
+            self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
+            let peer = inside
+                .link_by_name(peer_name)
+                .await?
+                .with_context(|| format!("{peer_name} did not arrive in {}", request.netns))?;
+            inside.rename_up(peer.index, &interface).await?;
+            if let Some(lo) = inside.link_by_name("lo").await? {
+                inside.set_up(lo.index).await?;
+            }
+            inside.add_address(peer.index, IpAddr::V4(ip), net.subnet.prefix_len()).await?;
+            let default_route = !inside.has_default_route().await?;
+            if default_route {
+                inside.add_default_route(peer.index, gateway).await?;
+            }
+            Ok((interface, default_route))
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    /// Writes `/etc/netns/<netns>/resolv.conf` for a named namespace that has none; returns its path if written.
+    fn write_resolv_conf(&self, netns: &str, gateway: Ipv4Addr, domain: &str) -> Option<PathBuf> {
+        if netns.contains('/') {
+            return None;
+        }
+        let dir = self.etc_netns.join(netns);
+        let path = dir.join("resolv.conf");
+        if path.exists() {
+            return None;
+        }
+        let text = format!("# written by weft attach; removed by weft detach\nnameserver {gateway}\nsearch {domain}\n");
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+            Ok(()) => Some(path),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "could not write the namespace's resolv.conf");
+                None
+            }
+        }
+    }
+
+    /// Detaches an endpoint; see the module doc.
+    pub async fn detach(&self, request: DetachRequest) -> anyhow::Result<Attachment> {
+        let mut attached = self.attached.lock().await;
+        let key = (request.netns.clone(), request.network.clone());
+        let attachment = attached.get(&key).cloned().with_context(|| {
+            format!("{} is not attached to network {:?} on this host", request.netns, request.network)
+        })?;
+        self.undo(&attachment).await?;
+        attached.remove(&key);
+        info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "detached");
+        Ok(attachment)
+    }
+
+    async fn undo(&self, a: &Attachment) -> anyhow::Result<()> {
+        // A namespace that was deleted took its veth pair with it.
+        if let Some(link) = self.netlink.link_by_name(&a.host_interface).await? {
+            self.netlink.delete_link(link.index).await?;
+        }
+        if let Some(path) = &a.resolv_conf {
+            let _ = std::fs::remove_file(path);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir); // only if empty
+            }
+        }
+        let net = self.network(&a.network)?;
+        if let (Some(agent), IpAddr::V4(ip)) = (&self.agent, a.ip) {
+            let mac = endpoint_mac(ip);
+            let _ = agent.send(AgentCommand::Withdraw { vni: net.vni, mac }).await;
+            let _ = agent.send(AgentCommand::Release { vni: net.vni, ip }).await;
+        }
+        Ok(())
+    }
+
+    /// Detaches everything (daemon exit): the bridge may go away, and no record may outlive the daemon.
+    pub async fn detach_all(&self) {
+        let mut attached = self.attached.lock().await;
+        for (_, a) in std::mem::take(&mut *attached) {
+            if let Err(e) = self.undo(&a).await {
+                warn!(netns = %a.netns, network = %a.network, error = %e, "could not detach");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_macs_and_hashes() {
+        assert!(valid_label("web-1") && !valid_label("-web") && !valid_label("a.b") && !valid_label(""));
+        assert!(valid_ifname("eth0") && !valid_ifname("a/b") && !valid_ifname("sixteen-chars-xx"));
+        assert_eq!(endpoint_mac(Ipv4Addr::new(198, 19, 0, 2)).to_string(), "02:57:c6:13:00:02");
+        assert_ne!(short_hash("a", "bc"), short_hash("ab", "c"));
+        assert_eq!(Attacher::netns_path("ns1").unwrap(), PathBuf::from("/run/netns/ns1"));
+        assert_eq!(Attacher::netns_path("/proc/1/ns/net").unwrap(), PathBuf::from("/proc/1/ns/net"));
+        assert!(Attacher::netns_path("..").is_err());
+    }
+}

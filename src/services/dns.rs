@@ -1,0 +1,351 @@
+//! The overlay's DNS server, on each network's gateway address, port 53 (UDP and TCP), as Docker's embedded DNS:
+//!
+//! - `NAME` and `NAME.<domain>`: A/AAAA of the endpoint called NAME, or else of every endpoint of service NAME;
+//! - `tasks.S` and `tasks.S.<domain>`: A/AAAA of every endpoint of service S;
+//! - PTR for addresses of the network's subnet: `NAME.<domain>`;
+//! - other single-label names, and names in the domain, that match nothing: NXDOMAIN (authoritative);
+//! - anything else: forwarded as it is to the host's resolvers (`node.dns_upstream`, or else the nameservers of
+//!   the daemon's /etc/resolv.conf), the first to answer wins; none answering gives SERVFAIL.
+//!
+//! Names are looked up in [`Names`], the gossiped endpoint records, per network: an endpoint only sees names of its
+//! own network. Messages are parsed and built with hickory-proto.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use overlay_proto::names::Names;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{debug, info, warn};
+
+use super::NetworkInfo;
+
+/// TTL of our answers: endpoints come and go, so caches must not keep them long.
+const TTL: u32 = 5;
+/// How long one upstream gets to answer a forwarded query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest DNS message over UDP we read.
+const MAX_UDP: usize = 4096;
+
+/// The nameservers of a resolv.conf text, port 53.
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send this answer.
+    Answer(Vec<u8>),
+    /// Not ours: forward it upstream.
+    Forward,
+    /// Not a query we can read: drop it.
+    Ignore,
+}
+
+/// Decides a query for network `net`.
+pub fn handle_query(names: &Names, net: &NetworkInfo, bytes: &[u8]) -> Outcome {
+    let Ok(request) = Message::from_vec(bytes) else { return Outcome::Ignore };
+    if request.metadata.message_type != MessageType::Query {
+        return Outcome::Ignore;
+    }
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    let (Some(query), 1, OpCode::Query) = (request.queries.first(), request.queries.len(), request.metadata.op_code)
+    else {
+        response.metadata.response_code = ResponseCode::NotImp;
+        return encode(response);
+    };
+    response.add_query(query.clone());
+    let qname = query.name().to_lowercase();
+    let text = qname.to_ascii();
+    let text = text.trim_end_matches('.');
+    let domain = net.domain.to_ascii_lowercase();
+
+    // Reverse lookups for the network's own addresses.
+    if text.ends_with(".in-addr.arpa") || text.ends_with(".ip6.arpa") {
+        let Ok(prefix) = qname.parse_arpa_name() else { return Outcome::Forward };
+        let full = prefix.prefix_len() == prefix.max_prefix_len();
+        if !full || !net.subnet.contains(&prefix.addr()) {
+            return Outcome::Forward;
+        }
+        response.metadata.authoritative = true;
+        let found = names.reverse(net.vni, prefix.addr());
+        match (found, query.query_type()) {
+            (Some(name), RecordType::PTR) => match Name::from_ascii(format!("{name}.{domain}.")) {
+                Ok(target) => {
+                    response.add_answer(Record::from_rdata(query.name().clone(), TTL, RData::PTR(PTR(target))));
+                }
+                Err(_) => response.metadata.response_code = ResponseCode::ServFail,
+            },
+            (Some(_), _) => {}
+            (None, _) => response.metadata.response_code = ResponseCode::NXDomain,
+        }
+        return encode(response);
+    }
+
+    let local = if text == domain {
+        Some("")
+    } else if let Some(rest) = text.strip_suffix(&format!(".{domain}")) {
+        Some(rest)
+    } else if !text.contains('.') || (text.starts_with("tasks.") && text.matches('.').count() == 1) {
+        Some(text)
+    } else {
+        None
+    };
+    let Some(local) = local else { return Outcome::Forward };
+    response.metadata.authoritative = true;
+    let ips = match local.strip_prefix("tasks.") {
+        Some(service) if !service.contains('.') => names.service(net.vni, service),
+        _ if local.contains('.') || local.is_empty() => Vec::new(),
+        _ => names.resolve(net.vni, local),
+    };
+    if ips.is_empty() && !local.is_empty() {
+        response.metadata.response_code = ResponseCode::NXDomain;
+        return encode(response);
+    }
+    for ip in ips {
+        let rdata = match (ip, query.query_type()) {
+            (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
+            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
+            _ => continue, // the name exists: other types get an empty NOERROR answer
+        };
+        response.add_answer(Record::from_rdata(query.name().clone(), TTL, rdata));
+    }
+    encode(response)
+}
+
+fn encode(message: Message) -> Outcome {
+    match message.to_vec() {
+        Ok(bytes) => Outcome::Answer(bytes),
+        Err(_) => Outcome::Ignore,
+    }
+}
+
+/// SERVFAIL for `request`, when no upstream answers.
+fn servfail(request: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_queries(request.queries);
+    response.to_vec().ok()
+}
+
+/// Sends `request` to each upstream in turn until one answers.
+async fn forward(upstreams: &[SocketAddr], request: &[u8]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let Ok(socket) = UdpSocket::bind(bind).await else { continue };
+        if socket.connect(upstream).await.is_err() || socket.send(request).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; MAX_UDP];
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) if n >= 2 && buf[..2] == request[..2] => return Some(buf[..n].to_vec()),
+            _ => debug!(%upstream, "upstream resolver did not answer"),
+        }
+    }
+    None
+}
+
+async fn respond(
+    names: &RwLock<Names>,
+    net: &NetworkInfo,
+    upstreams: &[SocketAddr],
+    request: &[u8],
+) -> Option<Vec<u8>> {
+    let outcome = match names.read() {
+        Ok(names) => handle_query(&names, net, request),
+        Err(_) => return servfail(request),
+    };
+    match outcome {
+        Outcome::Answer(bytes) => Some(bytes),
+        Outcome::Ignore => None,
+        Outcome::Forward => match forward(upstreams, request).await {
+            Some(bytes) => Some(bytes),
+            None => servfail(request),
+        },
+    }
+}
+
+/// Serves DNS on `net`'s gateway until the tasks are aborted.
+pub async fn serve(
+    net: NetworkInfo,
+    names: Arc<RwLock<Names>>,
+    upstreams: Vec<SocketAddr>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let addr = SocketAddr::new(net.gateway, 53);
+    let udp = Arc::new(UdpSocket::bind(addr).await.map_err(|e| anyhow::anyhow!("DNS on {addr} (UDP): {e}"))?);
+    let tcp = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("DNS on {addr} (TCP): {e}"))?;
+    info!(network = %net.name, %addr, upstreams = upstreams.len(), "DNS up");
+    let (net, upstreams) = (Arc::new(net), Arc::new(upstreams));
+    let udp_task = {
+        let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_UDP];
+            loop {
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+                let request = buf[..n].to_vec();
+                let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
+                tokio::spawn(async move {
+                    if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
+                        let _ = udp.send_to(&answer, from).await;
+                    }
+                });
+            }
+        })
+    };
+    let tcp_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = tcp.accept().await else { continue };
+            let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
+            tokio::spawn(async move {
+                // RFC 7766: a two-byte length prefix per message; several queries may share a connection.
+                loop {
+                    let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await else {
+                        return;
+                    };
+                    let mut request = vec![0u8; usize::from(len)];
+                    if stream.read_exact(&mut request).await.is_err() {
+                        return;
+                    }
+                    let Some(answer) = respond(&names, &net, &upstreams, &request).await else { return };
+                    let Ok(len) = u16::try_from(answer.len()) else { return };
+                    if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(vec![udp_task, tcp_task])
+}
+
+/// Starts DNS on every network's gateway; a network whose gateway cannot be bound is logged and skipped.
+pub async fn serve_all(
+    networks: &[NetworkInfo],
+    names: Arc<RwLock<Names>>,
+    upstreams: Vec<SocketAddr>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let gateways: Vec<IpAddr> = networks.iter().map(|n| n.gateway).collect();
+    // Never forward to ourselves.
+    let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| !gateways.contains(&u.ip())).collect();
+    let mut tasks = Vec::new();
+    for net in networks {
+        match serve(net.clone(), names.clone(), upstreams.clone()).await {
+            Ok(t) => tasks.extend(t),
+            Err(e) => warn!(network = %net.name, error = %e, "no DNS on this network"),
+        }
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use overlay_proto::endpoint::EndpointRecord;
+    use overlay_proto::names::SERVICE_LABEL;
+    use overlay_proto::{MacAddr, NodeId, Vni};
+
+    fn net() -> NetworkInfo {
+        NetworkInfo {
+            name: "blue".into(),
+            vni: Vni::new(100).unwrap(),
+            subnet: "198.19.0.0/24".parse().unwrap(),
+            bridge: "br-blue".into(),
+            mtu: 1450,
+            gateway: "198.19.0.1".parse().unwrap(),
+            internal: false,
+            domain: "weft".into(),
+        }
+    }
+
+    fn names() -> Names {
+        let mut names = Names::default();
+        for (i, name, service) in [(2u8, "web-1", "web"), (3, "web-2", "web"), (4, "db", "")] {
+            names.set(
+                NodeId([i; 16]),
+                EndpointRecord {
+                    vni: Vni::new(100).unwrap(),
+                    mac: MacAddr([2, 0, 0, 0, 0, i]),
+                    ips: vec![IpAddr::from([198, 19, 0, i])],
+                    vtep: IpAddr::from([198, 18, 0, 1]),
+                    name: name.into(),
+                    labels: if service.is_empty() { vec![] } else { vec![(SERVICE_LABEL.into(), service.into())] },
+                },
+            );
+        }
+        names
+    }
+
+    fn ask(name: &str, kind: RecordType) -> (ResponseCode, Vec<RData>) {
+        let mut request = Message::query();
+        request.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        request.metadata.recursion_desired = true;
+        let Outcome::Answer(bytes) = handle_query(&names(), &net(), &request.to_vec().unwrap()) else {
+            panic!("{name} was not answered locally")
+        };
+        let response = Message::from_vec(&bytes).unwrap();
+        assert_eq!(response.metadata.id, request.metadata.id);
+        assert_eq!(response.queries.len(), 1);
+        (response.metadata.response_code, response.answers.iter().map(|r| r.data.clone()).collect())
+    }
+
+    fn a(last: u8) -> RData {
+        RData::A(A::new(198, 19, 0, last))
+    }
+
+    #[test]
+    fn names_services_tasks_and_ptr_are_answered() {
+        assert_eq!(ask("web-1", RecordType::A), (ResponseCode::NoError, vec![a(2)]));
+        assert_eq!(ask("WEB-1.weft.", RecordType::A), (ResponseCode::NoError, vec![a(2)]));
+        assert_eq!(ask("web", RecordType::A), (ResponseCode::NoError, vec![a(2), a(3)]));
+        assert_eq!(ask("tasks.web", RecordType::A), (ResponseCode::NoError, vec![a(2), a(3)]));
+        assert_eq!(ask("tasks.web.weft", RecordType::A), (ResponseCode::NoError, vec![a(2), a(3)]));
+        assert_eq!(ask("db", RecordType::AAAA), (ResponseCode::NoError, vec![]));
+        assert_eq!(ask("nothing", RecordType::A).0, ResponseCode::NXDomain);
+        assert_eq!(ask("nothing.weft", RecordType::A).0, ResponseCode::NXDomain);
+        assert_eq!(ask("tasks.db", RecordType::A).0, ResponseCode::NXDomain);
+        let (code, answers) = ask("4.0.19.198.in-addr.arpa", RecordType::PTR);
+        assert_eq!(code, ResponseCode::NoError);
+        assert_eq!(answers, vec![RData::PTR(PTR(Name::from_ascii("db.weft.").unwrap()))]);
+        assert_eq!(ask("99.0.19.198.in-addr.arpa", RecordType::PTR).0, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn other_names_are_forwarded_and_garbage_ignored() {
+        let mut request = Message::query();
+        request.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
+        assert_eq!(handle_query(&names(), &net(), &request.to_vec().unwrap()), Outcome::Forward);
+        let mut request = Message::query();
+        request.add_query(Query::query(Name::from_ascii("2.0.0.192.in-addr.arpa.").unwrap(), RecordType::PTR));
+        assert_eq!(handle_query(&names(), &net(), &request.to_vec().unwrap()), Outcome::Forward);
+        assert_eq!(handle_query(&names(), &net(), &[1, 2, 3]), Outcome::Ignore);
+        let failed = Message::from_vec(&servfail(&request.to_vec().unwrap()).unwrap()).unwrap();
+        assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(failed.metadata.id, request.metadata.id);
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 2001:db8::53%eth0\nnameserver bad\n";
+        assert_eq!(
+            upstreams_from_resolv_conf(text),
+            vec!["192.0.2.53:53".parse().unwrap(), "[2001:db8::53]:53".parse().unwrap()]
+        );
+    }
+}
