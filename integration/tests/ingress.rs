@@ -229,8 +229,32 @@ fn a_dead_backend_host_costs_no_new_connection() -> Result<()> {
     const VICTIM: usize = 3;
     let kill = Instant::now();
     m.daemons[VICTIM - 1].kill9()?;
-    // Connections for 6 s from the moment of the kill, one at a time, alternating between the two survivors.
-    let attempts = client_connect(&m.lab, "connect", 6000, 5000, &targets(&survivors))?;
+    // Connections for 6 s from the moment of the kill, one at a time, alternating between the two survivors; meanwhile
+    // the survivors' view of host 3's backends is watched.
+    let attempts = std::thread::scope(|scope| -> Result<Vec<Attempt>> {
+        let client = scope.spawn(|| client_connect(&m.lab, "connect", 6000, 5000, &targets(&survivors)));
+        let victims: Vec<String> = m.backends.iter().filter(|(_, h)| **h == VICTIM).map(|(n, _)| n.clone()).collect();
+        let mut last = Value::Null;
+        wait_until(FAILOVER + Duration::from_secs(2), "the survivors to stop picking host 3's backends", || {
+            for i in survivors {
+                last = published(&m.lab, i, "web")?;
+                let in_use = last["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|b| b["healthy"] == true && victims.iter().any(|v| b["name"] == v.as_str()));
+                if in_use {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .with_context(|| format!("last seen: {last}"))?;
+        let out = kill.elapsed();
+        eprintln!("host {VICTIM}'s backends out of the survivors' balancers {} ms after the kill", out.as_millis());
+        ensure!(out <= FAILOVER, "host {VICTIM}'s backends were still picked {} ms after the kill", out.as_millis());
+        client.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    })?;
     ensure!(kill.elapsed() >= Duration::from_secs(6), "the client ran for 6 s");
     ensure!(attempts.len() > 20, "too few connections were made: {attempts:?}");
     let mut failed_early = 0;
@@ -258,7 +282,7 @@ fn a_dead_backend_host_costs_no_new_connection() -> Result<()> {
     );
     ensure!(failed_early == 0, "{failed_early} connections failed in the first 3 s: {attempts:?}");
     // And the survivors drop the dead host's backends from their balancers (record withdrawn or checks failed).
-    wait_until(Duration::from_secs(5), "the survivors to stop using host 3's backends", || {
+    wait_until(Duration::from_secs(5), "the survivors to forget host 3's backends (its records withdrawn)", || {
         for i in survivors {
             let service = published(&m.lab, i, "web")?;
             if healthy_backends(&service) != BACKENDS_PER_HOST * survivors.len() {

@@ -97,6 +97,9 @@ fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
             break;
         }
         let n = stream.read(&mut chunk)?;
+        if n == 0 && buf.is_empty() {
+            return Ok(()); // a health check: connected and closed
+        }
         if n == 0 {
             break;
         }
