@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod encrypted;
+pub mod services;
 pub mod weft;
 
 /// How often [`wait_until`] asks again.
@@ -81,7 +82,7 @@ pub fn require_root() -> Result<()> {
 }
 
 /// Runs a program and returns its output, whatever its exit status.
-fn run(program: &str, args: &[&str]) -> Result<Output> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<Output> {
     Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("cannot run {program}"))
 }
 

@@ -187,18 +187,24 @@ pub fn wait_ready(lab: &Lab, i: usize, daemon: &Daemon) -> Result<()> {
 
 /// `weft <method> --socket <socket> --json`, parsed.
 pub fn query_socket(socket: &Path, method: &str) -> Result<Value> {
+    weft_json(socket, &[method])
+}
+
+/// `weft <args...> --socket <socket> --json`, parsed; an error carries weft's message.
+pub fn weft_json(socket: &Path, args: &[&str]) -> Result<Value> {
     let output = Command::new(weft_bin())
-        .arg(method)
+        .args(args)
         .arg("--socket")
         .arg(socket)
         .arg("--json")
         .stdin(Stdio::null())
         .output()
         .context("cannot run weft")?;
+    let what = args.join(" ");
     if !output.status.success() {
-        bail!("weft {method} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim_end());
+        bail!("weft {what} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim_end());
     }
-    serde_json::from_slice(&output.stdout).with_context(|| format!("weft {method} printed no JSON"))
+    serde_json::from_slice(&output.stdout).with_context(|| format!("weft {what} printed no JSON"))
 }
 
 /// `weft <method>` of the daemon on host `i` (at `lab.api_socket(i)`).

@@ -350,7 +350,7 @@ impl Ipam {
         }
         // Each node walks the blocks in its own order, so nodes claiming at once rarely pick the same one.
         let mut free: Vec<u32> = (0..pool.blocks())
-            .filter(|b| !pool.claims.contains_key(b) && !pool.held.get(b).is_some_and(|t| *t > now))
+            .filter(|b| !pool.claims.contains_key(b) && pool.held.get(b).is_none_or(|t| *t <= now))
             .filter(|b| {
                 let start = pool.network + b * pool.block_size();
                 (start..start + pool.block_size()).map(Ipv4Addr::from).any(|a| pool.free(a))

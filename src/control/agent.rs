@@ -106,7 +106,7 @@ pub enum AgentCommand {
         /// A specific address, or `None` for any.
         requested: Option<Ipv4Addr>,
         /// The address, or why not.
-        reply: oneshot::Sender<Result<Ipv4Addr, String>>,
+        reply: AddressReply,
     },
     /// Gives an address back.
     Release {
@@ -258,6 +258,10 @@ impl Agent {
     }
 }
 
+/// An allocation waiting for a block claim to settle: (give up at, VNI, requested address, reply).
+type PendingAllocation = (std::time::Instant, Vni, Option<Ipv4Addr>, AddressReply);
+type AddressReply = oneshot::Sender<Result<Ipv4Addr, String>>;
+
 struct Driver {
     gossip: Gossip<PkiAuthenticator>,
     keyring: Option<Keyring>,
@@ -275,8 +279,8 @@ struct Driver {
     /// The table digest the catalog was built at.
     catalog_digest: Option<u64>,
     ipam: Ipam,
-    /// Allocations waiting for a block claim to settle: (give up at, VNI, requested, reply).
-    pending: Vec<(std::time::Instant, Vni, Option<Ipv4Addr>, oneshot::Sender<Result<Ipv4Addr, String>>)>,
+    /// Allocations waiting for a block claim to settle.
+    pending: Vec<PendingAllocation>,
     /// Endpoints registered by attach, which discovery leaves alone.
     attached: HashMap<(Vni, MacAddr), EndpointRecord>,
     names: Arc<std::sync::RwLock<Names>>,
