@@ -21,12 +21,22 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
-use crate::config::Config;
-use crate::control::agent::ControlStatus;
+use crate::config::{Config, ServiceConfig};
+use crate::control::agent::{AgentCommand, ControlStatus};
 use crate::io::capture::{self, CaptureSink};
 use crate::io::datapath::{DatapathHandle, Query, Snapshot};
 use crate::io::peers::PeerTraffic;
 use crate::services::attach::{AttachRequest, Attacher, DetachRequest};
+use crate::services::ingress::IngressStatus;
+
+/// What the service methods need: the ingress's state and the control plane's ear.
+#[derive(Debug, Clone)]
+pub struct ServiceApi {
+    /// The ingress.
+    pub status: IngressStatus,
+    /// The control agent.
+    pub commands: tokio::sync::mpsc::Sender<AgentCommand>,
+}
 
 /// Binds the socket (`node.api_socket` of `api.config`) and serves it on a background task.
 pub fn serve(api: Arc<Api>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -63,6 +73,8 @@ pub struct Api {
     pub attacher: Arc<Attacher>,
     /// The cluster's endpoints by name, when there is a control plane.
     pub names: Option<Arc<RwLock<Names>>>,
+    /// Published services (ingress), when there is a control plane.
+    pub services: Option<ServiceApi>,
 }
 
 /// A socket file left by a daemon that died is removed; a live one is an error (two daemons, one socket).
@@ -93,6 +105,10 @@ impl Api {
                     Ok(r) => self.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
                     Err(e) => error(e),
                 },
+                Some("service_publish") => {
+                    service_publish(self.services.as_ref(), &request).await.unwrap_or_else(error)
+                }
+                Some("service_rm") => service_rm(self.services.as_ref(), &request).await.unwrap_or_else(error),
                 Some(method) => self.answer(method).await,
                 None => error(anyhow::anyhow!("request has no \"method\"")),
             },
@@ -106,7 +122,13 @@ impl Api {
         match method {
             "status" => self.status_json(),
             "networks" => json!({ "networks": self.networks_json() }),
-            "services" => services_json(self.names.as_deref(), self.control.as_deref()),
+            "services" => {
+                let mut answer = services_json(self.names.as_deref(), self.control.as_deref());
+                if let (Some(object), Some(s)) = (answer.as_object_mut(), &self.services) {
+                    object.insert("published".into(), json!(s.status.services()));
+                }
+                answer
+            }
             "attachments" => json!({ "attachments": self.attacher.list().await }),
             "stats" => self.snapshot().await.map(|s| stats_json(&s)).unwrap_or_else(error),
             "fdb" => self.snapshot().await.map(|s| fdb_json(&s)).unwrap_or_else(error),
@@ -117,7 +139,7 @@ impl Api {
             },
             other => error(anyhow::anyhow!(
                 "unknown method {other:?}; known: status, networks, stats, fdb, endpoints, peers, capture, attach, \
-                 detach, attachments, services"
+                 detach, attachments, services, service_publish, service_rm"
             )),
         }
     }
@@ -357,6 +379,41 @@ fn peers_json(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> Value {
             json!({ "id": id, "epoch": epoch, "age_secs": now.saturating_duration_since(*at).as_secs() })
         }).collect::<Vec<_>>(),
     })
+}
+
+fn no_services() -> anyhow::Error {
+    anyhow::anyhow!("services need the control plane: this weft has no [control] section")
+}
+
+/// `service_rm`'s parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceRmRequest {
+    name: String,
+}
+
+async fn service_publish(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
+    let services = services.ok_or_else(no_services)?;
+    let definition: ServiceConfig = params(request)?;
+    definition.validate("service")?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = AgentCommand::PublishService { record: definition.record(0), reply };
+    services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
+    let record = answer.await.context("the control plane did not answer")?;
+    Ok(json!({ "published": {
+        "name": record.name, "port": record.port, "target": record.target, "proto": record.protocol.as_str(),
+        "balance": record.policy.as_str(), "proxy_protocol": record.proxy_protocol, "revision": record.revision,
+    }}))
+}
+
+async fn service_rm(services: Option<&ServiceApi>, request: &Value) -> anyhow::Result<Value> {
+    let services = services.ok_or_else(no_services)?;
+    let ServiceRmRequest { name } = params(request)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = AgentCommand::RemoveService { name: name.clone(), reply };
+    services.commands.send(command).await.map_err(|_| anyhow::anyhow!("the control plane has stopped"))?;
+    answer.await.context("the control plane did not answer")?.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(json!({ "removed": name }))
 }
 
 fn endpoints_json(s: &Snapshot) -> Value {

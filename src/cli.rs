@@ -260,8 +260,9 @@ pub fn print_attachments(v: &Value) {
     }
 }
 
-/// Human-readable rendering of `services`.
+/// Human-readable rendering of `services`: the published services, then the endpoint directory.
 pub fn print_services(v: &Value) {
+    print_published(v);
     println!("{:<9} {:<20} {:<12} {:<18} ADDRESSES", "VNI", "NAME", "SERVICE", "VTEP");
     for e in v["endpoints"].as_array().into_iter().flatten() {
         let ips: Vec<&str> = e["ips"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -276,5 +277,37 @@ pub fn print_services(v: &Value) {
     }
     for b in v["blocks"].as_array().into_iter().flatten() {
         println!("block {} (vni {})", b["block"].as_str().unwrap_or("?"), b["vni"]);
+    }
+}
+
+/// Human-readable rendering of `services`' published services (the ingress).
+pub fn print_published(v: &Value) {
+    for s in v["published"].as_array().into_iter().flatten() {
+        let state = match s["error"].as_str() {
+            Some(e) => format!("NOT LISTENING: {e}"),
+            None => "listening".to_owned(),
+        };
+        println!(
+            "{} {}/{} -> :{} {}{} ({state}; {} accepted, {} failed)",
+            s["name"].as_str().unwrap_or("?"),
+            s["proto"].as_str().unwrap_or("?"),
+            s["port"],
+            s["target"],
+            s["balance"].as_str().unwrap_or("?"),
+            if s["proxy_protocol"] == Value::Bool(true) { " proxy-protocol" } else { "" },
+            s["accepted"],
+            s["failed"],
+        );
+        for b in s["backends"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<24} {:<16} host {:<16} {:<9} active {} total {}",
+                b["addr"].as_str().unwrap_or("?"),
+                b["name"].as_str().unwrap_or(""),
+                b["vtep"].as_str().unwrap_or("?"),
+                if b["healthy"] == Value::Bool(true) { "healthy" } else { "UNHEALTHY" },
+                b["active"],
+                b["picked"],
+            );
+        }
     }
 }

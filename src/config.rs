@@ -60,6 +60,95 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     /// The gossip control plane; without it, only static peers and learning fill the FDB.
     pub control: Option<ControlConfig>,
+    /// Services this host publishes at start (ingress routing mesh); they reach every host over gossip.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One `[[service]]`: a port published on every host, balanced over the endpoints labelled `service=<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service's name: 1 to 63 characters of a-z, 0-9 and - (a DNS label).
+    pub name: String,
+    /// The port every host listens on.
+    pub port: u16,
+    /// The backends' port.
+    pub target: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub proto: ProtoName,
+    /// `round-robin` (default) or `least-connections`.
+    #[serde(default)]
+    pub balance: BalanceName,
+    /// Send a PROXY protocol v2 header to the backend first, so it sees the client's address (TCP only).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// `service.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtoName {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `service.balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceName {
+    /// Each healthy backend in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy backend with the fewest open connections through this host.
+    LeastConnections,
+}
+
+impl ServiceConfig {
+    /// The gossip record of this definition, written at `revision` (wall-clock milliseconds).
+    pub fn record(&self, revision: u64) -> overlay_proto::service::ServiceRecord {
+        use overlay_proto::service::{Policy, Protocol};
+        overlay_proto::service::ServiceRecord {
+            name: self.name.clone(),
+            port: self.port,
+            target: self.target,
+            protocol: match self.proto {
+                ProtoName::Tcp => Protocol::Tcp,
+                ProtoName::Udp => Protocol::Udp,
+            },
+            policy: match self.balance {
+                BalanceName::RoundRobin => Policy::RoundRobin,
+                BalanceName::LeastConnections => Policy::LeastConnections,
+            },
+            proxy_protocol: self.proxy_protocol,
+            revision,
+            removed: false,
+        }
+    }
+
+    /// Checks one definition; `key` is its config key (`service[0]`) or the CLI's name for it.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !overlay_proto::service::valid_service_name(&self.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{:?} must be 1 to 63 characters of a-z, 0-9 and -, not starting or ending with -", self.name),
+            ));
+        }
+        if self.port == 0 {
+            return Err(invalid(format!("{key}.port"), "must be 1..=65535"));
+        }
+        if self.target == 0 {
+            return Err(invalid(format!("{key}.target"), "must be 1..=65535"));
+        }
+        if self.proxy_protocol && self.proto != ProtoName::Tcp {
+            return Err(invalid(format!("{key}.proxy_protocol"), "the PROXY protocol header is for TCP services only"));
+        }
+        Ok(())
+    }
 }
 
 /// `[control]`: gossip over QUIC with mutual TLS.
@@ -209,6 +298,9 @@ pub struct NetworkConfig {
     /// Static FDB entries.
     #[serde(default)]
     pub fdb: Vec<StaticFdbEntry>,
+    /// This host's own address on the network, from which the ingress connects to backends on other hosts: unique
+    /// per host, inside `subnet`, and used by no endpoint. weft adds it to the bridge (and removes it on exit).
+    pub ingress_address: Option<IpAddr>,
     /// The gateway address every host's bridge holds (egress and DNS); the subnet's first address by default.
     pub gateway: Option<IpAddr>,
     /// No egress: endpoints reach only the overlay (and the gateway's DNS).
@@ -442,6 +534,16 @@ impl Config {
                     return Err(invalid(key("mtu"), format!("{mtu} is outside 576..=65000")));
                 }
             }
+            if let Some(addr) = net.ingress_address {
+                let usable =
+                    net.subnet.contains(&addr) && addr != net.subnet.network() && addr != net.subnet.broadcast();
+                if !usable {
+                    return Err(invalid(
+                        key("ingress_address"),
+                        format!("{addr} must be a host address inside the network's subnet {}", net.subnet),
+                    ));
+                }
+            }
             for (j, peer) in net.peers.iter().enumerate() {
                 if peer.is_ipv4() != node.underlay.is_ipv4() {
                     return Err(invalid(
@@ -461,6 +563,34 @@ impl Config {
                         "is not the same address family as node.underlay",
                     ));
                 }
+            }
+        }
+        let (mut service_names, mut service_ports) = (HashSet::new(), HashSet::new());
+        for (i, service) in self.services.iter().enumerate() {
+            let key = format!("service[{i}]");
+            service.validate(&key)?;
+            if self.control.is_none() {
+                return Err(invalid(
+                    key,
+                    "services are published to every host over the control plane: add a [control] section",
+                ));
+            }
+            if !service_names.insert(&service.name) {
+                return Err(invalid(format!("{key}.name"), format!("service {:?} is defined twice", service.name)));
+            }
+            if !service_ports.insert((service.port, service.proto)) {
+                return Err(invalid(
+                    format!("{key}.port"),
+                    format!("{} port {} is published by two services", service.proto.as_str(), service.port),
+                ));
+            }
+            let control_port = self.control.as_ref().map(|c| c.listen_addr(node.underlay).port());
+            let taken = [Some(node.vxlan_port), Some(node.esp_port), control_port];
+            if service.proto == ProtoName::Udp && taken.contains(&Some(service.port)) {
+                return Err(invalid(
+                    format!("{key}.port"),
+                    format!("UDP port {} is weft's own (VXLAN, ESP or control)", service.port),
+                ));
             }
         }
         Ok(())
@@ -484,6 +614,16 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         Some(table) => format!("{table}.{key}"),
         None => key.to_owned(),
     })
+}
+
+impl ProtoName {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtoName::Tcp => "tcp",
+            ProtoName::Udp => "udp",
+        }
+    }
 }
 
 impl NetworkConfig {
@@ -732,5 +872,43 @@ learning = "any"
         Config::load(&path).expect("every file exists now");
         let message = Config::load(&dir.path().join("nope.toml")).unwrap_err().to_string();
         assert!(message.contains("nope.toml"), "{message}");
+    }
+
+    #[test]
+    fn services_parse_and_each_error_names_the_key() {
+        let control = "[control]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n";
+        let services = "[[service]]\nname = \"web\"\nport = 8080\ntarget = 80\nproxy_protocol = true\n\
+                        [[service]]\nname = \"dns\"\nport = 53\ntarget = 5353\nproto = \"udp\"\nbalance = \"least-connections\"\n";
+        let text = format!("{GOOD}ingress_address = \"198.19.2.251\"\n{control}{services}");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.networks[1].ingress_address, Some("198.19.2.251".parse().unwrap()));
+        let web = c.services[0].record(7);
+        assert!(web.proxy_protocol && web.protocol == overlay_proto::service::Protocol::Tcp && web.revision == 7);
+        let dns = c.services[1].record(7);
+        assert_eq!(dns.policy, overlay_proto::service::Policy::LeastConnections);
+
+        let cases: &[(&str, &str, &str)] = &[
+            ("name = \"web\"", "name = \"Web\"", "service[0].name"),
+            ("name = \"dns\"", "name = \"web\"", "service[1].name"),
+            ("port = 53", "port = 0", "service[1].port"),
+            ("port = 53\ntarget = 5353\nproto = \"udp\"", "port = 8080\ntarget = 1", "service[1].port"),
+            ("target = 80", "target = 0", "service[0].target"),
+            ("port = 53", "port = 4789", "service[1].port"),
+            ("port = 53", "port = 7946", "service[1].port"),
+            ("proto = \"udp\"", "proto = \"sctp\"", "proto"),
+            ("balance = \"least-connections\"", "balance = \"random\"", "balance"),
+            ("proto = \"udp\"", "proto = \"udp\"\nproxy_protocol = true", "service[1].proxy_protocol"),
+            ("198.19.2.251", "198.19.3.1", "network[1].ingress_address"),
+            ("198.19.2.251", "198.19.2.0", "network[1].ingress_address"),
+            ("[[service]]\nname = \"web\"", "[[service]]\nnmae = \"web\"", "nmae"),
+        ];
+        for (from, to, key) in cases {
+            assert!(text.contains(from), "fixture lacks {from}");
+            let message = error_of(&text.replacen(from, to, 1));
+            assert!(message.contains(key), "error for {to:?} must name {key:?}: {message}");
+        }
+        let without_control = format!("{GOOD}{services}");
+        assert!(error_of(&without_control).contains("service[0]"));
     }
 }

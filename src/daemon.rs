@@ -34,6 +34,7 @@ use crate::io::xdp::{program, XdpLink, XdpUnderlay};
 use crate::metrics;
 use crate::services::attach::Attacher;
 use crate::services::egress::Egress;
+use crate::services::ingress::{Ingress, IngressConfig};
 use crate::services::{dns, NetworkInfo};
 
 /// The `ifalias` weft puts on bridges it creates, so a restart after a crash adopts (and later removes) them.
@@ -46,6 +47,8 @@ fn bridge_alias(network: &str) -> String {
 struct HostState {
     owned_bridges: Vec<Link>,
     taps: Vec<Tap>,
+    /// Ingress addresses added to bridges: (bridge index, address).
+    addresses: Vec<(u32, IpAddr)>,
     /// Gateway addresses weft added to bridges it does not own: (bridge, address).
     gateway_addresses: Vec<(Link, IpAddr)>,
     /// What the services need of each network, in config order.
@@ -64,6 +67,11 @@ impl HostState {
             }
         }
         drop(self.taps); // closing the last descriptor removes a non-persistent TAP
+        for (link, addr) in self.addresses {
+            if let Err(e) = netlink.delete_address(link, addr).await {
+                warn!(%addr, error = %e, "could not remove the ingress address");
+            }
+        }
         for bridge in self.owned_bridges {
             match netlink.delete_link(bridge.index).await {
                 Ok(()) => info!(bridge = %bridge.name, "removed bridge"),
@@ -114,8 +122,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), local_tx)?;
     let worker = std::thread::Builder::new().name("weft-datapath".into()).spawn(move || datapath.run())?;
 
+    let ingress = config.control.is_some().then(|| {
+        Ingress::start(IngressConfig {
+            local_vtep: config.node.underlay,
+            sources: config.networks.iter().filter_map(|n| Some((n.vni(), n.ingress_address?))).collect(),
+        })
+    });
     let agent = match (&config.control, identity) {
         (Some(c), Some(identity)) => {
+            let revision = clock::wall_millis();
             let agent_config = AgentConfig {
                 listen: c.listen_addr(config.node.underlay),
                 seeds: c.seeds.clone(),
@@ -124,6 +139,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 vnis: config.networks.iter().map(|n| n.vni()).collect(),
                 keying: config.networks.iter().any(|n| n.is_encrypted()).then(|| c.keying()),
                 keylog: c.keylog.clone(),
+                services: config.services.iter().map(|s| s.record(revision)).collect(),
+                catalog: ingress.as_ref().map(Ingress::catalog_sender),
                 pools: pools(&config),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
@@ -148,6 +165,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started: clock::now(),
         attacher: attacher.clone(),
         names,
+        services: match (&agent, &ingress) {
+            (Some(agent), Some(ingress)) => {
+                Some(api::ServiceApi { status: ingress.status_handle(), commands: agent.commands.clone() })
+            }
+            _ => None,
+        },
     });
     let metrics = match config.node.metrics {
         Some(addr) => metrics::serve(addr, api.clone()).await.map(Some),
@@ -168,6 +191,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             attacher.detach_all().await;
             if let Some(agent) = agent {
                 agent.stop().await;
+            }
+            if let Some(ingress) = ingress {
+                ingress.stop();
             }
             let _ = std::fs::remove_file(&config.node.api_socket);
             outcome
@@ -287,6 +313,11 @@ async fn setup_networks(
             internal: net.internal,
             domain: net.domain.clone(),
         });
+        if let Some(addr) = net.ingress_address {
+            netlink.add_address(bridge.index, addr, net.subnet.prefix_len()).await?;
+            host.addresses.push((bridge.index, addr));
+            info!(network = %net.name, %addr, bridge = %bridge_name, "ingress address up");
+        }
         info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, tso = offloads.vnet_hdr, uso = offloads.uso, "network up");
     }
     Ok(())

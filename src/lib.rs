@@ -5,7 +5,7 @@
 //!                      │   ├──► io::datapath  (worker: io::tap ⇄ overlay_proto::forward ⇄ io::udp)
 //!                      │   ├──► api           (unix socket JSON: status, peers, stats, fdb, capture, attach...)
 //!                      │   ├──► metrics       (Prometheus over HTTP, from the same snapshots)
-//!                      │   └──► services      (attach/detach, egress NAT in `inet weft`, DNS on the gateway)
+//!                      │   └──► services      (attach/detach, egress NAT, DNS on the gateway, ingress routing mesh)
 //!                      └──── config           (TOML, validated before anything is touched)
 //! ```
 //!

@@ -93,8 +93,12 @@ enum Command {
     },
     /// Show the endpoints attached on this host.
     Attachments(ClientArgs),
-    /// Show every endpoint of the cluster by name and service, and this host's address blocks.
+    /// Show the published services (ingress: backends and their health), every endpoint of the cluster by name and
+    /// service, and this host's address blocks.
     Services(ClientArgs),
+    /// Publish or remove a service (ingress routing mesh), cluster-wide.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Create the cluster CA and node certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -134,6 +138,39 @@ enum CaCommand {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Publish PORT on every host, balanced over the endpoints labelled service=NAME on port TARGET.
+    Publish {
+        /// The service's name (the endpoints' `service` label).
+        name: String,
+        /// The port every host listens on.
+        #[arg(long)]
+        port: u16,
+        /// The backends' port.
+        #[arg(long)]
+        target: u16,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// round-robin or least-connections.
+        #[arg(long, default_value = "round-robin")]
+        balance: String,
+        /// Send a PROXY protocol v2 header to the backend first (TCP only).
+        #[arg(long)]
+        proxy_protocol: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a service from every host.
+    Rm {
+        /// The service's name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -219,6 +256,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Attachments(args) => client(args, "attachments", weft::cli::print_attachments),
         Command::Services(args) => client(args, "services", weft::cli::print_services),
+        Command::Service(ServiceCommand::Publish {
+            name,
+            port,
+            target,
+            proto,
+            balance,
+            proxy_protocol,
+            client: args,
+        }) => {
+            let params = serde_json::json!({
+                "name": name, "port": port, "target": target, "proto": proto, "balance": balance,
+                "proxy_protocol": proxy_protocol,
+            });
+            client_with(args, "service_publish", params, |answer| {
+                let p = &answer["published"];
+                println!(
+                    "published {} {}/{} -> :{}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["proto"].as_str().unwrap_or("?"),
+                    p["port"],
+                    p["target"]
+                );
+            })
+        }
+        Command::Service(ServiceCommand::Rm { name, client: args }) => {
+            let params = serde_json::json!({ "name": name });
+            client_with(args, "service_rm", params, |answer| {
+                println!("removed {}", answer["removed"].as_str().unwrap_or("?"));
+            })
+        }
         Command::Ca(command) => ca(command),
     }
 }

@@ -20,6 +20,8 @@
 //! - [`endpoint`]: the records hosts publish about their endpoints and networks; [`directory`] turns their changes
 //!   into updates for the forwarding engine.
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
+//! - [`service`]: published services (`svc/<name>` records) and the catalog of services and their backends;
+//!   [`balance`] picks a backend per connection; [`wire::proxy`] writes the PROXY protocol v2 header.
 //! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them.
 //! - [`names`]: every endpoint by name and service, for the DNS resolver and the ingress mesh.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
@@ -29,6 +31,7 @@
 //! Not here: IO of any kind (see the `weft` binary's `io` module), encryption (the `weft-crypto` crate).
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod codec;
 pub mod directory;
 pub mod endpoint;
@@ -43,6 +46,7 @@ pub mod names;
 pub mod neighbor;
 pub mod offload;
 pub mod rng;
+pub mod service;
 pub mod sim;
 pub mod types;
 pub mod wire;

@@ -9,13 +9,16 @@
 //!  keying messages (tag ≥ 0x40) ─► Keyring ─► KeyEvent (SAs) ─► datapath (and the keylog, when asked for)
 //!  member up/down ─► Keyring::add_peer / remove_peer;   SA usage (datapath) ─► Keyring::report_usage
 //!
+//!  record table changed ─► Catalog (services + labelled endpoints) ─► ingress (watch);  winning service
+//!  definitions are re-published as this node's own (adoption), so a service outlives the host it was published on
+//!  AgentCommand (API: service publish / rm) ─► svc/<name> record with a newer revision
 //!  AgentCommand (api: attach/detach) ─► Ipam (blk/ claims) and own ep/ records; every ep/ record ─► Names (DNS)
 //! ```
 //!
 //! Endpoints registered by `weft attach` carry a name and labels; frame-based discovery never overwrites or
 //! withdraws them (only `weft detach` does).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,6 +34,7 @@ use overlay_proto::ipam::{Ipam, IpamAction, IpamConfig, IpamStats};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::LocalEvent;
 use overlay_proto::names::Names;
+use overlay_proto::service::{parse_service_key, service_key, Catalog, ServiceRecord};
 use overlay_proto::{MacAddr, NodeId, Vni};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -126,6 +130,20 @@ pub enum AgentCommand {
         /// Its MAC.
         mac: MacAddr,
     },
+    /// Publish (or re-define) a service cluster-wide. Its revision is set by the agent.
+    PublishService {
+        /// The definition.
+        record: ServiceRecord,
+        /// The definition as published.
+        reply: oneshot::Sender<ServiceRecord>,
+    },
+    /// Remove a service cluster-wide; an error if there is no such service.
+    RemoveService {
+        /// Its name.
+        name: String,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// How long an allocation may wait for a block claim before it fails.
@@ -148,6 +166,10 @@ pub struct AgentConfig {
     pub keying: Option<KeyingConfig>,
     /// Where to append Wireshark ESP SA rows (debug only).
     pub keylog: Option<PathBuf>,
+    /// Services to publish at start (`[[service]]`), written with the start time as their revision.
+    pub services: Vec<ServiceRecord>,
+    /// Where the catalog of services and backends goes (the ingress).
+    pub catalog: Option<watch::Sender<Arc<Catalog>>>,
     /// Address pools for `weft attach`.
     pub pools: Vec<PoolConfig>,
 }
@@ -226,6 +248,8 @@ impl Agent {
             config,
             status: status.clone(),
             digest_dirty: true,
+            catalog: Arc::new(Catalog::default()),
+            catalog_digest: None,
             ipam,
             pending: Vec::new(),
             attached: HashMap::new(),
@@ -258,6 +282,10 @@ struct Driver {
     status: Arc<Mutex<ControlStatus>>,
     /// The record table changed (a gossip event, or a record of our own) since the status last showed it.
     digest_dirty: bool,
+    /// The services and backends as of `catalog_digest`.
+    catalog: Arc<Catalog>,
+    /// The table digest the catalog was built at.
+    catalog_digest: Option<u64>,
     ipam: Ipam,
     /// Allocations waiting for a block claim to settle.
     pending: Vec<PendingAllocation>,
@@ -278,6 +306,10 @@ impl Driver {
         for vni in self.config.vnis.clone() {
             let record = NetworkRecord { vni, vtep: self.config.vtep };
             self.gossip.set_record(now, RecordKey::Network(vni).to_bytes(), record.to_bytes());
+        }
+        for record in std::mem::take(&mut self.config.services) {
+            info!(service = %record.name, port = record.port, "publishing a configured service");
+            self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
         }
         self.gossip.join(now, &self.config.seeds);
         self.flush();
@@ -377,6 +409,10 @@ impl Driver {
 
     fn on_command(&mut self, command: AgentCommand) {
         let now = clock::now();
+        // A new service definition must beat the one in force everywhere, even if this host's clock is behind.
+        let revision = |name: &str, catalog: &Catalog| {
+            clock::wall_millis().max(catalog.definition(name).map_or(0, |d| d.revision.saturating_add(1)))
+        };
         match command {
             AgentCommand::Allocate { vni, requested, reply } => {
                 self.pending.push((now + ALLOCATE_TIMEOUT, vni, requested, reply));
@@ -400,6 +436,53 @@ impl Driver {
                 }
                 self.digest_dirty = true;
             }
+            AgentCommand::PublishService { mut record, reply } => {
+                record.revision = revision(&record.name, &self.catalog);
+                record.removed = false;
+                info!(service = %record.name, port = record.port, target = record.target, "publishing a service");
+                self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
+                let _ = reply.send(record);
+            }
+            AgentCommand::RemoveService { name, reply } => {
+                let Some(current) = self.catalog.definition(&name).filter(|d| !d.removed).cloned() else {
+                    let _ = reply.send(Err(format!("no service named {name:?}")));
+                    return;
+                };
+                let record = ServiceRecord { revision: revision(&name, &self.catalog), removed: true, ..current };
+                info!(service = %name, "removing a service");
+                self.gossip.set_record(now, service_key(&name), record.to_bytes());
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.refresh_catalog();
+    }
+
+    /// Rebuilds the catalog when the record table changed, hands it to the ingress, and adopts the winning service
+    /// definitions this node does not publish yet.
+    fn refresh_catalog(&mut self) {
+        let digest = self.gossip.table_digest();
+        if self.catalog_digest == Some(digest) {
+            return;
+        }
+        self.catalog_digest = Some(digest);
+        let catalog = Catalog::from_records(self.gossip.records());
+        let me = self.gossip.id();
+        let own: BTreeMap<String, ServiceRecord> = self
+            .gossip
+            .records()
+            .filter(|(origin, _, _)| *origin == me)
+            .filter_map(|(_, key, value)| {
+                Some((parse_service_key(key)?.to_owned(), ServiceRecord::from_bytes(value).ok()?))
+            })
+            .collect();
+        let now = clock::now();
+        for record in catalog.adopt(me, &own) {
+            debug!(service = %record.name, revision = record.revision, removed = record.removed, "adopting a service definition");
+            self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
+        }
+        self.catalog = Arc::new(catalog);
+        if let Some(tx) = &self.config.catalog {
+            tx.send_replace(self.catalog.clone());
         }
     }
 
@@ -498,6 +581,7 @@ impl Driver {
             }
         }
         let keys_changed = self.flush_keys();
+        self.refresh_catalog();
         let Ok(mut status) = self.status.lock() else { return };
         if members_changed {
             status.members = self

@@ -12,6 +12,7 @@ pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod outer;
+pub mod proxy;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
