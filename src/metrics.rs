@@ -257,6 +257,7 @@ mod tests {
             tap_errors: 2,
             underlay_errors: 0,
             offload_errors: 0,
+            underlay: Default::default(),
             fdb: Vec::new(),
             local: Vec::new(),
             peers: vec![(
