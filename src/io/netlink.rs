@@ -46,16 +46,19 @@ pub struct Link {
     pub mtu: u32,
     /// `ifalias`, which marks bridges weft created.
     pub alias: Option<String>,
+    /// The link-layer address (empty if the link has none).
+    pub mac: Vec<u8>,
 }
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None };
+        let mut link = Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None, mac: Vec::new() };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::Address(mac) => link.mac = mac.clone(),
                 _ => {}
             }
         }
@@ -137,6 +140,14 @@ impl Netlink {
             .map_err(fail(format!("attaching link #{link} to bridge #{bridge}")))?;
         let up = LinkUnspec::new_with_index(bridge).up().build();
         self.handle.link().set(up).execute().await.map_err(fail(format!("bringing up bridge #{bridge}")))
+    }
+
+    /// Sets `link`'s MAC to the one it has now. A bridge whose MAC was never set takes the lowest MAC of its ports
+    /// and changes it whenever a port comes or goes; its IPv6 link-local traffic then comes from ever new MACs,
+    /// which the other hosts would learn as endpoints. A set MAC stays (the kernel marks it `NET_ADDR_SET`).
+    pub async fn pin_address(&self, link: &Link) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(link.index).address(link.mac.clone()).build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("pinning the MAC of {}", link.name)))
     }
 
     /// Deletes a link.
