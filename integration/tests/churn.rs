@@ -98,7 +98,8 @@ fn start_cluster(lab: &Lab) -> Result<Vec<Daemon>> {
     Ok(daemons)
 }
 
-/// Runs one driver thread's `count` operations on host `host`'s API.
+/// Runs one driver thread's `count` operations on host `host`'s API; stops early once the churn, which began at
+/// `began`, is over [`BUDGET`].
 fn drive(
     lab: &Lab,
     host: usize,
@@ -106,6 +107,7 @@ fn drive(
     slots: &mut [Slot],
     count: usize,
     live: &Mutex<BTreeMap<Ipv4Addr, String>>,
+    began: Instant,
 ) -> Tally {
     let socket = lab.api_socket(host);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (host * 16 + thread) as u64);
@@ -114,6 +116,9 @@ fn drive(
     // name (and maybe the address) were freed a moment ago.
     let mut again: Option<usize> = None;
     for _ in 0..count {
+        if began.elapsed() > BUDGET {
+            break; // over budget: the test fails on the count, without waiting for the rest
+        }
         let immediate = again.is_some();
         let k = again.take().unwrap_or_else(|| rng.below(slots.len()));
         let slot = &mut slots[k];
@@ -320,6 +325,16 @@ fn assert_no_leaks(lab: &Lab, baseline: &[BTreeSet<String>], slots: &[Slot]) -> 
             now.difference(&expected).collect::<Vec<_>>(),
             expected.difference(&now).collect::<Vec<_>>()
         );
+        // The regression behind the first failure of this test (docs/churn.md): no bridge port of an attachment
+        // speaks IPv6, and the bridge's MAC is set (2: stolen from a port, 3: set), so it never follows its ports.
+        let host = lab.host(i).ns;
+        for e in &mine {
+            let off =
+                exec_stdout(&host, &["cat", &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", e.host_interface)])?;
+            ensure!(off.trim() == "1", "host {i}: IPv6 is on on {}", e.host_interface);
+        }
+        let assigned = exec_stdout(&host, &["cat", &format!("/sys/class/net/br-{NETWORK}/addr_assign_type")])?;
+        ensure!(assigned.trim() == "3", "host {i}: br-{NETWORK}'s MAC is not pinned (addr_assign_type {assigned})");
         let answer = api_request(&lab.api_socket(i), "attachments", Value::Null)?;
         let listed: BTreeSet<(String, String)> = answer["attachments"]
             .as_array()
@@ -365,7 +380,7 @@ fn a_thousand_attaches_and_detaches_on_five_hosts_leave_identical_tables_and_no_
             .map(|(n, thread_slots)| {
                 let (lab, live) = (&lab, &live);
                 let (host, thread) = (n / THREADS_PER_HOST + 1, n % THREADS_PER_HOST);
-                scope.spawn(move || drive(lab, host, thread, thread_slots, per_thread, live))
+                scope.spawn(move || drive(lab, host, thread, thread_slots, per_thread, live, start))
             })
             .collect();
         workers.into_iter().map(|w| w.join().expect("driver thread panicked")).collect()
@@ -383,6 +398,7 @@ fn a_thousand_attaches_and_detaches_on_five_hosts_leave_identical_tables_and_no_
     }
     latencies.sort();
     let ops = latencies.len();
+    ensure!(ops > 0, "no operation was made; failures: {failures:#?}");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     eprintln!(
         "churn: {ops} operations in {} ms ({new} new attaches, {same} later and {immediate} immediate \
