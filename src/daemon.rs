@@ -293,6 +293,8 @@ async fn setup_networks(
         let offloads = tap.offloads();
         host.taps.push(tap);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
+        // Attach adds and removes bridge ports all the time: the bridge's MAC must not follow them.
+        netlink.pin_address(&netlink.link_by_index(bridge.index).await?).await?;
         // The gateway (gwbridge): every host's bridge holds the same address; the forwarder keeps its frames local.
         let gateway = net.gateway_addr();
         let owned = host.owned_bridges.iter().any(|b| b.index == bridge.index);

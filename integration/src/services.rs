@@ -1,10 +1,13 @@
 //! Helpers for the services tests: bare endpoint namespaces, `weft attach`/`detach` through the CLI, the
 //! "internet" namespace on the underlay, and checks that an endpoint left nothing behind.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub use crate::weft::weft_json;
@@ -62,6 +65,26 @@ pub fn attach(
 /// `weft detach <netns> --network <network>` on host `i`.
 pub fn detach(lab: &Lab, i: usize, netns: &str, network: &str) -> Result<Value> {
     weft_json(&lab.api_socket(i), &["detach", netns, "--network", network])
+}
+
+/// One request on a daemon's API socket directly (no CLI process): `method` with `params` (`Value::Null` for
+/// none); returns the answer, or an error carrying the daemon's `{"error": ...}` message. For drivers that make
+/// many requests, where a process per request would cost more than the request.
+pub fn api_request(socket: &Path, method: &str, params: Value) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut request = serde_json::json!({ "method": method });
+    if !params.is_null() {
+        request["params"] = params;
+    }
+    writeln!(stream, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).with_context(|| format!("reading the answer to {method}"))?;
+    let answer: Value = serde_json::from_str(&line).with_context(|| format!("{method}: answer {line:?}"))?;
+    if let Some(error) = answer.get("error") {
+        bail!("{method} failed: {}", error.as_str().unwrap_or_default());
+    }
+    Ok(answer)
 }
 
 /// The address an attachment got.

@@ -148,6 +148,16 @@ impl Netlink {
         self.handle.link().set(up).execute().await.map_err(fail(format!("bringing up bridge #{bridge}")))
     }
 
+    /// Sets `link`'s MAC to the one it has now. A bridge whose MAC was never set takes the lowest MAC of its ports
+    /// and changes it whenever a port comes or goes; its IPv6 link-local traffic then comes from ever new MACs,
+    /// which the other hosts would learn as endpoints. A set MAC stays (the kernel marks it `NET_ADDR_SET`).
+    /// A link without an Ethernet address is left as it is.
+    pub async fn pin_address(&self, link: &Link) -> Result<(), NetlinkError> {
+        let Some(mac) = link.mac else { return Ok(()) };
+        let message = LinkUnspec::new_with_index(link.index).address(mac.0.to_vec()).build();
+        self.handle.link().set(message).execute().await.map_err(fail(format!("pinning the MAC of {}", link.name)))
+    }
+
     /// Deletes a link.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         self.handle.link().del(index).execute().await.map_err(fail(format!("deleting link #{index}")))

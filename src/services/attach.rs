@@ -142,6 +142,19 @@ fn short_hash(netns: &str, network: &str) -> u32 {
     h
 }
 
+/// Turns IPv6 off on the host's end of a veth pair before it comes up. A bridge port needs no address, and with
+/// IPv6 on it sends DAD, MLD and router solicitations from its own (random) MAC into the bridge, which the forwarder
+/// would discover as an endpoint and gossip: every attach would leave a nameless record behind for 300 s.
+fn disable_ipv6(interface: &str) -> anyhow::Result<()> {
+    let path = Path::new("/proc/sys/net/ipv6/conf").join(interface).join("disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        // A kernel without IPv6 has no such file, and nothing to turn off.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !Path::new("/proc/sys/net/ipv6").exists() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("turning IPv6 off on {interface} ({})", path.display())),
+    }
+}
+
 impl Attacher {
     /// The service for `networks`; `agent` and `names` are absent without a control plane (attach then fails).
     pub fn new(
@@ -313,6 +326,7 @@ impl Attacher {
                 bail!("interface {host_name} already exists on the host");
             }
             let (host, peer) = self.netlink.create_veth(host_name, peer_name).await?;
+            disable_ipv6(host_name)?;
             self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
             self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
             let peer = inside
