@@ -92,11 +92,15 @@ async fn handle(stream: UnixStream, context: &ApiContext, status: &Value) -> any
                 Ok(r) => context.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
                 Err(e) => error(e),
             },
+            Some("check") => match params::<DetachRequest>(&request) {
+                Ok(r) => context.attacher.check(r).await.map(|a| json!(a)).unwrap_or_else(error),
+                Err(e) => error(e),
+            },
             Some("attachments") => json!({ "attachments": context.attacher.list().await }),
             Some("services") => services_json(context.names.as_deref(), control),
             Some(other) => error(anyhow::anyhow!(
-                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, attach, detach, attachments, \
-                 services"
+                "unknown method {other:?}; known: status, stats, fdb, endpoints, peers, attach, detach, check, \
+                 attachments, services"
             )),
             None => error(anyhow::anyhow!("request has no \"method\"")),
         },

@@ -6,6 +6,7 @@
 //!                      │   ├──► api           (unix socket JSON: status, stats, fdb, attach, detach, services)
 //!                      │   └──► services      (attach/detach, egress NAT in `inet weft`, DNS on the gateway)
 //!                      └──── config           (TOML, validated before anything is touched)
+//!  bin/weft-cni ──► cni (CNI environment, config, result; no IO) ──► cli::call ──► api (attach, detach, check)
 //! ```
 //!
 //! Protocol decisions live in the `overlay-proto` crate (sans-IO); this crate only moves bytes and talks to the
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
