@@ -163,20 +163,27 @@ fn sixty_endpoints_attached_at_once_get_unique_reachable_addresses_and_detach_cl
 #[test]
 #[ignore = "needs root: run scripts/test.sh"]
 fn egress_is_masqueraded_and_internal_networks_have_none() -> Result<()> {
-    let lab = Lab::up("sv2", 2, 0, &["blue", "back"])?;
+    let lab = Lab::up("sv2", 2, 0, &["blue", "back", "red"])?;
     let internet = add_internet(&lab)?;
-    let daemons = start_cluster(&lab, 2, &[("blue", VNI, &[]), ("back", INTERNAL_VNI, &["internal = true"])], &[])?;
-    for ns in ["sv2-web", "sv2-db", "sv2-cache"] {
+    // A table left by a weft that crashed is replaced, not added to.
+    exec_stdout(&lab.host(1).ns, &["nft", "add", "table", "inet", "weft"])?;
+    exec_stdout(&lab.host(1).ns, &["nft", "add", "chain", "inet", "weft", "stale"])?;
+    let nets: [(&str, u32, &[&str]); 3] =
+        [("blue", VNI, &[]), ("back", INTERNAL_VNI, &["internal = true"]), ("red", 300, &[])];
+    let daemons = start_cluster(&lab, 2, &nets, &[])?;
+    for ns in ["sv2-web", "sv2-db", "sv2-cache", "sv2-red"] {
         add_netns(ns)?;
     }
     attach(&lab, 1, "sv2-web", "blue", Some("web"), None)?;
     let db = attached_ip(&attach(&lab, 2, "sv2-db", "back", Some("db"), None)?)?;
     attach(&lab, 1, "sv2-cache", "back", Some("cache"), None)?;
+    let red = attached_ip(&attach(&lab, 1, "sv2-red", "red", Some("red"), None)?)?;
 
     // The host's egress table exists, with the masquerade for blue only.
     let table = exec_stdout(&lab.host(1).ns, &["nft", "list", "table", "inet", "weft"])?;
     ensure!(table.contains("masquerade") && table.contains("198.19.0.0/24"), "table inet weft: {table}");
     ensure!(!table.contains("198.19.1.0/24"), "the internal network is masqueraded: {table}");
+    ensure!(!table.contains("stale"), "the crashed weft's table was not replaced: {table}");
 
     // The internet has no route back to the overlay: only masquerading lets the answer in.
     ping_until("sv2-web", IpAddr::V4(INTERNET), Duration::from_secs(10))?;
@@ -186,6 +193,10 @@ fn egress_is_masqueraded_and_internal_networks_have_none() -> Result<()> {
     ping_until("sv2-cache", IpAddr::V4(db), Duration::from_secs(10))?;
     ensure!(ping_received("sv2-cache", IpAddr::V4(INTERNET), 3)? == 0, "an internal endpoint reached the internet");
     ensure!(ping_received("sv2-db", IpAddr::V4(INTERNET), 3)? == 0, "an internal endpoint reached the internet");
+    // Networks are isolated: blue's endpoint cannot reach red's through the two gateways of host 1 (both have
+    // egress, so only the isolation rule stops it), even though red reaches the internet.
+    ping_until("sv2-red", IpAddr::V4(INTERNET), Duration::from_secs(10))?;
+    ensure!(ping_received("sv2-web", IpAddr::V4(red), 3)? == 0, "blue reached the red network through the gateway");
 
     // Stopping weft detaches its endpoints and removes the table and the gateway address it added to the lab's
     // bridge.
@@ -197,7 +208,7 @@ fn egress_is_masqueraded_and_internal_networks_have_none() -> Result<()> {
     ensure!(!table.status.success(), "table inet weft left behind: {}", String::from_utf8_lossy(&table.stdout));
     let bridge = exec_stdout(&host, &["ip", "-4", "addr", "show", "dev", "br-blue"])?;
     ensure!(!bridge.contains("198.19.0.1"), "gateway address left on br-blue: {bridge}");
-    for ns in ["sv2-web", "sv2-cache"] {
+    for ns in ["sv2-web", "sv2-cache", "sv2-red"] {
         assert_bare(ns)?;
     }
     ensure!(host_veths(&host)?.is_empty(), "veths left on host 1: {:?}", host_veths(&host)?);

@@ -624,6 +624,96 @@ mod tests {
         assert!(a.add_network(other, net, 28, None, Ipv4Addr::new(198, 19, 0, 1)).is_ok());
     }
 
+    /// Real gossip (the simulator, with jitter and 1% loss): ten hosts each ask for 30 addresses of a /22 at the
+    /// same instant, so their first claims collide. They end with unique addresses and one owner per block, on
+    /// every host's view; when a host crashes, its blocks are claimable again only after `release_after`.
+    #[test]
+    fn simulated_cluster_claims_blocks_without_duplicates_and_frees_a_dead_hosts_blocks() {
+        use crate::sim::{Sim, SimConfig};
+        const N: usize = 10;
+        let config = SimConfig { seed: 7, loss: 0.01, ..SimConfig::default() };
+        let mut sim = Sim::new(N, config);
+        sim.capture = true;
+        for i in 0..N {
+            sim.join(i, &[0]);
+        }
+        sim.run_for(Duration::from_secs(3));
+        let net = Ipv4Addr::new(198, 19, 0, 0);
+        let mut ipams: Vec<Ipam> = (0..N)
+            .map(|i| {
+                let mut ipam = Ipam::new(sim.nodes[i].gossip.id(), IpamConfig::default());
+                ipam.add_network(vni(), net, 22, None, Ipv4Addr::new(198, 19, 0, 1)).unwrap();
+                ipam
+            })
+            .collect();
+        let mut handed: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut wanted = [30usize; N];
+        let start = sim.now;
+        let step =
+            |sim: &mut Sim, ipams: &mut Vec<Ipam>, wanted: &mut [usize], handed: &mut BTreeMap<Ipv4Addr, usize>| {
+                for (i, e) in std::mem::take(&mut sim.events).into_iter().map(|(i, _, e)| (i, e)) {
+                    ipams[i].handle_event(sim.now, &e);
+                }
+                let wall = 1_000 + sim.now.duration_since(start).as_millis() as u64;
+                let up: Vec<usize> = (0..N).filter(|i| sim.nodes[*i].up).collect();
+                for i in up {
+                    ipams[i].handle_timeout(sim.now);
+                    while wanted[i] > 0 {
+                        match ipams[i].allocate(sim.now, wall, vni(), None) {
+                            Ok(Some(addr)) => {
+                                assert!(handed.insert(addr, i).is_none(), "{addr} handed out twice");
+                                wanted[i] -= 1;
+                            }
+                            Ok(None) => break,
+                            Err(e) => panic!("node {i}: {e}"),
+                        }
+                    }
+                    while let Some(action) = ipams[i].poll_action() {
+                        let now = sim.now;
+                        match action {
+                            IpamAction::SetRecord { key, value } => sim.nodes[i].gossip.set_record(now, key, value),
+                            IpamAction::RemoveRecord { key } => sim.nodes[i].gossip.remove_record(now, key),
+                        }
+                    }
+                }
+                sim.run_for(Duration::from_millis(20));
+            };
+        while sim.now.duration_since(start) < Duration::from_secs(15) {
+            step(&mut sim, &mut ipams, &mut wanted, &mut handed);
+        }
+        assert_eq!(wanted, [0; N], "every host got its addresses");
+        assert_eq!(handed.len(), N * 30);
+        let lost: u64 = ipams.iter().map(|i| i.stats().lost).sum();
+        assert!(lost > 0, "the simultaneous first claims were meant to collide");
+        // Every host sees the same single owner for each block, and each host's addresses lie in its blocks.
+        let owners = ipams[0].owners(vni());
+        for ipam in &ipams {
+            assert_eq!(ipam.owners(vni()), owners);
+        }
+        for (addr, i) in &handed {
+            let block = (u32::from(*addr) - u32::from(net)) / 64;
+            let owner = owners.iter().find(|(b, _)| *b == block).map(|(_, o)| *o);
+            assert_eq!(owner, Some(sim.nodes[*i].gossip.id()), "{addr} of node {i}");
+        }
+
+        // Node 9 crashes: its blocks are withdrawn when it is declared dead, then held for release_after.
+        let dead = sim.nodes[9].gossip.id();
+        let its_blocks: Vec<u32> = owners.iter().filter(|(_, o)| *o == dead).map(|(b, _)| *b).collect();
+        assert!(!its_blocks.is_empty());
+        sim.crash(9);
+        let crashed = sim.now;
+        while sim.now.duration_since(crashed) < Duration::from_secs(10) {
+            step(&mut sim, &mut ipams, &mut wanted, &mut handed);
+        }
+        let first = its_blocks[0] * 64;
+        let inside = Ipv4Addr::from(u32::from(net) + first + 5);
+        assert_eq!(ipams[0].allocate(sim.now, 1, vni(), Some(inside)), Err(IpamError::HeldElsewhere(inside)));
+        while sim.now.duration_since(crashed) < Duration::from_secs(75) {
+            step(&mut sim, &mut ipams, &mut wanted, &mut handed);
+        }
+        assert_eq!(ipams[0].allocate(sim.now, 1, vni(), Some(inside)), Ok(None), "claimable after release_after");
+    }
+
     proptest! {
         /// Nodes allocating at random moments, with gossip delivering every claim within the settle time (in a
         /// random order), never hand out one address twice, and every block ends with at most one claimant.

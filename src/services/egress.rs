@@ -10,6 +10,7 @@
 //!     ip saddr 198.19.0.0/24 ip daddr != 198.19.0.0/24 masquerade          # per network with egress
 //!   }
 //!   chain forward { type filter hook forward priority filter; policy accept;
+//!     iifname "br-blue" oifname "br-red" drop                                # per pair of networks: isolation
 //!     iifname "br-int" oifname != "br-int" drop                              # per internal network
 //!     oifname "br-int" iifname != "br-int" drop
 //!   }
@@ -65,10 +66,24 @@ pub fn ruleset(networks: &[NetworkInfo]) -> Value {
             "type": "filter", "hook": "forward", "prio": 0, "policy": "accept",
         } } }),
     ];
+    let iif = json!({ "meta": { "key": "iifname" } });
+    let oif = json!({ "meta": { "key": "oifname" } });
+    // Networks are isolated from each other, as Docker's are: the host routes between two gateways, so without
+    // this an endpoint could reach another network's endpoints through its default route.
+    for a in networks {
+        for b in networks.iter().filter(|b| b.bridge != a.bridge) {
+            commands.push(rule(
+                "forward",
+                vec![
+                    matches("==", iif.clone(), json!(a.bridge)),
+                    matches("==", oif.clone(), json!(b.bridge)),
+                    json!({ "drop": null }),
+                ],
+            ));
+        }
+    }
     for net in networks {
         if net.internal {
-            let iif = json!({ "meta": { "key": "iifname" } });
-            let oif = json!({ "meta": { "key": "oifname" } });
             for (a, b) in [(&iif, &oif), (&oif, &iif)] {
                 commands.push(rule(
                     "forward",
@@ -180,7 +195,8 @@ mod tests {
         assert!(text.contains(r#""prefix":{"addr":"198.19.0.0","len":24}"#), "{text}");
         assert!(!text.contains(r#""addr":"198.19.1.0""#), "internal networks get no NAT: {text}");
         let drops = commands.iter().filter(|c| c.to_string().contains(r#""drop":null"#)).count();
-        assert_eq!(drops, 2);
+        assert_eq!(drops, 2 + 2, "blue ↔ int both ways, and int ↔ anything else both ways");
+        assert!(text.contains(r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"br-blue"}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-int"}}"#), "{text}");
         assert!(text.contains(r#""right":"br-int""#));
     }
 }
