@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use weft_integration::services::{add_netns, assert_bare, named_endpoints, weft_json};
+use weft_integration::services::{add_netns, assert_bare, attach, detach, named_endpoints, weft_json};
 use weft_integration::weft::{lab_pki, start_weft, wait_members, WeftConfig};
 use weft_integration::{exec_stdout, ping_until, wait_until, weft_bin, Daemon, Lab};
 
@@ -204,6 +204,22 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     wait_until(DEADLINE, "host 2 to know web-1", || {
         Ok(named_endpoints(&lab, 2)?.contains(&("web-1".to_owned(), vec![IpAddr::V4(ip1)])))
     })?;
+
+    // GC (1.1): a container the runtime no longer lists is detached; the listed one, and an endpoint put there with
+    // `weft attach` (no container ID), stay.
+    add_netns("cn1-c3")?;
+    add_netns("cn1-c4")?;
+    must(&lab, 1, &vars("ADD", "c0ffee03", "/var/run/netns/cn1-c3", "eth0", ""), &conf1)?;
+    attach(&lab, 1, "cn1-c4", "blue", None, None)?;
+    let mut gc = config(&lab, 1, "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{ "containerID": "c0ffee01", "ifname": "net0" }]);
+    ensure!(must(&lab, 1, &[("CNI_COMMAND", "GC")], &gc)?.is_null());
+    assert_bare("cn1-c3")?;
+    let kept = weft_json(&lab.api_socket(1), &["attachments"])?;
+    let kept: Vec<&str> =
+        kept["attachments"].as_array().into_iter().flatten().filter_map(|a| a["netns"].as_str()).collect();
+    ensure!(kept == ["/var/run/netns/cn1-c1", "cn1-c4"], "after GC: {kept:?}");
+    detach(&lab, 1, "cn1-c4", "blue")?;
 
     // DEL on a daemon that never saw the container, then DEL twice where it is: all succeed.
     ensure!(must(&lab, 2, &c1("DEL"), &with_prev(&conf2, &result1))?.is_null());
