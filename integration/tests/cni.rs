@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
@@ -168,7 +168,10 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     let pod = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=c0ffee01";
     let c1 = |command| vars(command, "c0ffee01", c1_netns, "net0", pod);
     let conf1 = config(&lab, 1, "1.0.0");
+    let start = Instant::now();
     let result1 = must(&lab, 1, &c1("ADD"), &conf1)?;
+    eprintln!("ADD (first on host 1, claims an address block): {} ms", start.elapsed().as_millis());
+    eprintln!("result: {result1}");
     let ip1 = check_result(&result1, "net0", c1_netns)?;
     let in_c1 = ["ip", "netns", "exec", "cn1-c1"];
     ensure!(addresses(&in_c1, "net0")? == [format!("{ip1}/24")], "net0 in cn1-c1: {:?}", addresses(&in_c1, "net0"));
@@ -209,7 +212,9 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     // `weft attach` (no container ID), stay.
     add_netns("cn1-c3")?;
     add_netns("cn1-c4")?;
+    let start = Instant::now();
     must(&lab, 1, &vars("ADD", "c0ffee03", "/var/run/netns/cn1-c3", "eth0", ""), &conf1)?;
+    eprintln!("ADD (second on host 1): {} ms", start.elapsed().as_millis());
     attach(&lab, 1, "cn1-c4", "blue", None, None)?;
     let mut gc = config(&lab, 1, "1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": "c0ffee01", "ifname": "net0" }]);
@@ -223,7 +228,9 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
 
     // DEL on a daemon that never saw the container, then DEL twice where it is: all succeed.
     ensure!(must(&lab, 2, &c1("DEL"), &with_prev(&conf2, &result1))?.is_null());
+    let start = Instant::now();
     ensure!(must(&lab, 1, &c1("DEL"), &with_prev(&conf1, &result1))?.is_null());
+    eprintln!("DEL: {} ms", start.elapsed().as_millis());
     ensure!(must(&lab, 1, &c1("DEL"), &with_prev(&conf1, &result1))?.is_null());
     assert_bare("cn1-c1")?;
     let msg = must_fail(&lab, 1, &c1("CHECK"), &with_prev(&conf1, &result1), 3)?;
