@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::services::attach::Attachment;
+use crate::services::attach::{valid_ifname, valid_label, Attachment};
 
 /// The spec versions this plugin speaks, oldest first. Configs of older versions are refused with
 /// [`code::INCOMPATIBLE_VERSION`]: their result format differs (0.x `ips[].version`), and CHECK needs 0.4.0.
@@ -140,25 +140,9 @@ fn valid_container_id(id: &str) -> bool {
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// An interface name as Linux and the spec allow: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
-fn valid_ifname(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
-}
-
 /// A network name as the spec allows (the same alphabet as container IDs).
 fn valid_network_name(name: &str) -> bool {
     valid_container_id(name)
-}
-
-/// A DNS label (what the daemon accepts as an endpoint name).
-fn valid_label(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 impl Env {
@@ -309,7 +293,7 @@ impl NetConf {
         let network = raw.network.filter(|n| !n.is_empty()).ok_or_else(|| {
             invalid_config("network is missing: the weft network to attach to (its name in weft's config)")
         })?;
-        if let Some(service) = raw.service.as_deref().filter(|s| !valid_label(s) || *s == "tasks") {
+        if let Some(service) = raw.service.as_deref().filter(|s| !valid_label(s) || s.eq_ignore_ascii_case("tasks")) {
             return Err(invalid_config(format!("service {service:?} must be a DNS label (a-z, 0-9, '-')")));
         }
         if let Some(ip) = raw.ip.as_deref().filter(|ip| *ip != "auto" && ip.parse::<std::net::Ipv4Addr>().is_err()) {

@@ -122,12 +122,9 @@ fn attachment(answer: Value) -> Result<Attachment, CniError> {
     })
 }
 
+/// The `attachments` answer's list.
 fn attachments(list: &Value) -> Result<Vec<Attachment>, CniError> {
-    attachment_list(list.get("attachments").cloned().unwrap_or(Value::Null))
-}
-
-fn attachment_list(value: Value) -> Result<Vec<Attachment>, CniError> {
-    serde_json::from_value(value).map_err(|e| {
+    serde_json::from_value(list.get("attachments").cloned().unwrap_or(Value::Null)).map_err(|e| {
         CniError::new(code::DECODING_FAILURE, "the weft daemon's attachments are not a list")
             .with_details(e.to_string())
     })

@@ -150,13 +150,16 @@ pub struct Attacher {
     etc_netns: PathBuf,
 }
 
-/// An interface name: 1 to 15 bytes, no '/', space or ':'.
-fn valid_ifname(name: &str) -> bool {
-    (1..=15).contains(&name.len()) && !name.contains(['/', ' ', ':']) && name != "." && name != ".."
+/// An interface name: 1 to 15 bytes, not `.` or `..`, no '/', ':' or whitespace.
+pub(crate) fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        && name != "."
+        && name != ".."
 }
 
 /// A DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'.
-fn valid_label(name: &str) -> bool {
+pub(crate) fn valid_label(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !name.starts_with('-')
