@@ -105,6 +105,10 @@ impl Api {
                     Ok(r) => self.attacher.detach(r).await.map(|a| json!({ "detached": a })).unwrap_or_else(error),
                     Err(e) => error(e),
                 },
+                Some("check") => match params::<DetachRequest>(&request) {
+                    Ok(r) => self.attacher.check(r).await.map(|a| json!(a)).unwrap_or_else(error),
+                    Err(e) => error(e),
+                },
                 Some("service_publish") => {
                     service_publish(self.services.as_ref(), &request).await.unwrap_or_else(error)
                 }
@@ -139,7 +143,7 @@ impl Api {
             },
             other => error(anyhow::anyhow!(
                 "unknown method {other:?}; known: status, networks, stats, fdb, endpoints, peers, capture, attach, \
-                 detach, attachments, services, service_publish, service_rm"
+                 detach, check, attachments, services, service_publish, service_rm"
             )),
         }
     }

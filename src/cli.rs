@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,21 +17,50 @@ pub fn request(socket: &Path, method: &str) -> anyhow::Result<Value> {
 
 /// Sends one request with `params` (unless null) and returns the answer.
 pub fn request_with(socket: &Path, method: &str, params: Value) -> anyhow::Result<Value> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach weft at {} (is `weft run` running with this config?)", socket.display())
-    })?;
+    Ok(call(socket, method, params)?)
+}
+
+/// Why a request to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nothing listens on the socket (no daemon, or another config's socket).
+    #[error("cannot reach weft at {} (is `weft run` running with this config?): {source}", socket.display())]
+    Unreachable {
+        /// The socket path.
+        socket: PathBuf,
+        /// What connect said.
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("weft: {0}")]
+    Refused(String),
+    /// The exchange broke off, or the answer was not JSON.
+    #[error("talking to weft at {}: {source}", socket.display())]
+    Exchange {
+        /// The socket path.
+        socket: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// Sends one request with `params` (unless null); the daemon's `{"error"}` answer is [`RequestError::Refused`].
+pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, RequestError> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| RequestError::Unreachable { socket: socket.to_path_buf(), source })?;
+    let exchange = |source| RequestError::Exchange { socket: socket.to_path_buf(), source };
     // attach may wait for an address block claim to settle (seconds).
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(exchange)?;
     let request =
         if params.is_null() { json!({ "method": method }) } else { json!({ "method": method, "params": params }) };
-    let mut line = serde_json::to_vec(&request)?;
+    let mut line = serde_json::to_vec(&request).map_err(|e| exchange(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    stream.write_all(&line).map_err(exchange)?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    let value: Value = serde_json::from_str(&answer).context("the daemon's answer is not JSON")?;
+    BufReader::new(stream).read_line(&mut answer).map_err(exchange)?;
+    let value: Value = serde_json::from_str(&answer).map_err(|e| exchange(e.into()))?;
     if let Some(e) = value.get("error").and_then(Value::as_str) {
-        anyhow::bail!("weft: {e}");
+        return Err(RequestError::Refused(e.to_string()));
     }
     Ok(value)
 }

@@ -7,6 +7,7 @@
 //!                      │   ├──► metrics       (Prometheus over HTTP, from the same snapshots)
 //!                      │   └──► services      (attach/detach, egress NAT, DNS on the gateway, ingress routing mesh)
 //!                      └──── config           (TOML, validated before anything is touched)
+//!  bin/weft-cni ──► cni (CNI environment, config, result; no IO) ──► cli::call ──► api (attach, detach, check)
 //! ```
 //!
 //! Protocol decisions live in the `overlay-proto` crate (sans-IO); this crate only moves bytes and talks to the
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;

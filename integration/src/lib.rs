@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod encrypted;
-pub mod services;
 pub mod reliability;
+pub mod services;
 pub mod weft;
 
 /// How often [`wait_until`] asks again.

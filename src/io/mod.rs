@@ -6,8 +6,8 @@
 pub mod capture;
 pub mod datapath;
 pub mod netlink;
-pub mod peers;
 pub mod netns;
+pub mod peers;
 pub mod tap;
 pub mod udp;
 pub mod underlay;

@@ -47,19 +47,23 @@ pub struct Link {
     pub mtu: u32,
     /// `ifalias`, which marks bridges weft created.
     pub alias: Option<String>,
-    /// The link-layer address, when it is an Ethernet one.
-    pub mac: Option<overlay_proto::MacAddr>,
+    /// The hardware address, for Ethernet-like links.
+    pub mac: Option<MacAddr>,
+    /// The index of the bridge (or bond) it is a port of.
+    pub master: Option<u32>,
 }
 
 impl Link {
     fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None, mac: None };
+        let mut link =
+            Link { index: msg.header.index, name: String::new(), mtu: 0, alias: None, mac: None, master: None };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
                 LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+                LinkAttribute::Controller(index) => link.master = Some(*index),
                 _ => {}
             }
         }

@@ -50,20 +50,53 @@ pub struct AttachRequest {
     /// The interface name inside the namespace; the first free `ethN` by default.
     #[serde(default)]
     pub interface: Option<String>,
+    /// A caller's key for the attachment (a CNI plugin's container ID), unique per network on this host; detach
+    /// and check then find the attachment by it.
+    #[serde(default)]
+    pub container_id: Option<String>,
 }
 
-/// What `detach` is asked.
+/// What `detach` and `check` are asked: the attachment, by namespace or by container ID.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetachRequest {
     /// As given to attach.
-    pub netns: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// As given to attach; takes precedence over `netns`.
+    #[serde(default)]
+    pub container_id: Option<String>,
     /// The network's name.
     pub network: String,
+    /// Detach only: an attachment that does not exist is not an error (the answer is `{"detached": null}`), so
+    /// a caller can retry a detach (CNI DEL is idempotent).
+    #[serde(default)]
+    pub missing_ok: bool,
+}
+
+impl DetachRequest {
+    /// Whether `a` is the attachment asked for.
+    fn matches(&self, a: &Attachment) -> bool {
+        a.network == self.network
+            && match (&self.container_id, &self.netns) {
+                (Some(id), _) => a.container_id.as_ref() == Some(id),
+                (None, Some(netns)) => &a.netns == netns,
+                (None, None) => false,
+            }
+    }
+
+    /// The attachment asked for, for an error message.
+    fn describe(&self) -> String {
+        match (&self.container_id, &self.netns) {
+            (Some(id), _) => format!("container {id:?}"),
+            (None, Some(netns)) => netns.clone(),
+            (None, None) => "(nothing)".into(),
+        }
+    }
 }
 
 /// An attached endpoint: the answer of `attach`, and an element of `attachments`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attachment {
     /// The network's name.
     pub network: String,
@@ -99,6 +132,9 @@ pub struct Attachment {
     pub service: Option<String>,
     /// The resolv.conf weft wrote for the namespace, removed on detach.
     pub resolv_conf: Option<PathBuf>,
+    /// The caller's key (a CNI container ID), if it gave one.
+    #[serde(default)]
+    pub container_id: Option<String>,
 }
 
 /// The attach/detach service, shared by API connections.
@@ -114,13 +150,16 @@ pub struct Attacher {
     etc_netns: PathBuf,
 }
 
-/// An interface name: 1 to 15 bytes, no '/', space or ':'.
-fn valid_ifname(name: &str) -> bool {
-    (1..=15).contains(&name.len()) && !name.contains(['/', ' ', ':']) && name != "." && name != ".."
+/// An interface name: 1 to 15 bytes, not `.` or `..`, no '/', ':' or whitespace.
+pub(crate) fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        && name != "."
+        && name != ".."
 }
 
 /// A DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'.
-fn valid_label(name: &str) -> bool {
+pub(crate) fn valid_label(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !name.starts_with('-')
@@ -224,6 +263,12 @@ impl Attacher {
         if attached.contains_key(&key) {
             bail!("{} is already attached to network {}", request.netns, net.name);
         }
+        if let Some(id) = &request.container_id {
+            if id.is_empty() || attached.values().any(|a| a.network == net.name && a.container_id.as_ref() == Some(id))
+            {
+                bail!("container {id:?} is already attached to network {} (or the id is empty)", net.name);
+            }
+        }
         if let (Some(name), Some(names)) = (&request.name, &self.names) {
             let taken = names.read().map(|n| n.endpoints().any(|e| e.record.vni == net.vni && &e.record.name == name));
             if taken.unwrap_or(false) {
@@ -289,6 +334,7 @@ impl Attacher {
             name: request.name,
             service: request.service,
             resolv_conf,
+            container_id: request.container_id,
         };
         info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "attached");
         attached.insert(key, attachment.clone());
@@ -369,17 +415,60 @@ impl Attacher {
         }
     }
 
-    /// Detaches an endpoint; see the module doc.
-    pub async fn detach(&self, request: DetachRequest) -> anyhow::Result<Attachment> {
+    /// Detaches an endpoint (see the module doc); `None` when it is not attached and the request allows that.
+    pub async fn detach(&self, request: DetachRequest) -> anyhow::Result<Option<Attachment>> {
         let mut attached = self.attached.lock().await;
-        let key = (request.netns.clone(), request.network.clone());
-        let attachment = attached.get(&key).cloned().with_context(|| {
-            format!("{} is not attached to network {:?} on this host", request.netns, request.network)
-        })?;
+        let found = attached.iter().find(|(_, a)| request.matches(a)).map(|(k, a)| (k.clone(), a.clone()));
+        let Some((key, attachment)) = found else {
+            if request.missing_ok {
+                return Ok(None);
+            }
+            bail!("{} is not attached to network {:?} on this host", request.describe(), request.network);
+        };
         self.undo(&attachment).await?;
         attached.remove(&key);
         info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "detached");
-        Ok(attachment)
+        Ok(Some(attachment))
+    }
+
+    /// Checks that an attachment is still in place: the host's veth end on the network's bridge, and inside the
+    /// namespace the interface with its MAC and address. Returns it, or an error naming what is missing.
+    pub async fn check(&self, request: DetachRequest) -> anyhow::Result<Attachment> {
+        let attached = self.attached.lock().await;
+        let a = attached.values().find(|a| request.matches(a)).cloned().with_context(|| {
+            format!("{} is not attached to network {:?} on this host", request.describe(), request.network)
+        })?;
+        drop(attached);
+        let net = self.network(&a.network)?;
+        let host = self
+            .netlink
+            .link_by_name(&a.host_interface)
+            .await?
+            .with_context(|| format!("the host's end {} of the veth pair is gone", a.host_interface))?;
+        let bridge =
+            self.netlink.link_by_name(&net.bridge).await?.with_context(|| format!("bridge {} is gone", net.bridge))?;
+        if host.master != Some(bridge.index) {
+            bail!("{} is no longer a port of bridge {}", a.host_interface, net.bridge);
+        }
+        let netns_path = Self::netns_path(&a.netns)?;
+        let (inside, driver) = Netlink::in_netns(&netns_path)
+            .with_context(|| format!("opening network namespace {}", netns_path.display()))?;
+        let result = async {
+            let link = inside
+                .link_by_name(&a.interface)
+                .await?
+                .with_context(|| format!("{} has no interface {}", a.netns, a.interface))?;
+            if link.mac.map(|m| m.to_string()).as_deref() != Some(a.mac.as_str()) {
+                bail!("{} in {} no longer has MAC {}", a.interface, a.netns, a.mac);
+            }
+            if !inside.addresses(link.index).await?.contains(&(a.ip, a.prefix_len)) {
+                bail!("{} in {} no longer has address {}", a.interface, a.netns, a.address);
+            }
+            Ok(())
+        }
+        .await;
+        driver.abort();
+        result.map(|()| a)
     }
 
     async fn undo(&self, a: &Attachment) -> anyhow::Result<()> {
