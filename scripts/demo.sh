@@ -6,8 +6,8 @@
 #   scripts/demo.sh [--keep]
 #     --keep   leave the lab and the daemons running at the end, and print how to take them down
 #
-# It builds weft (release), brings up lab "demo" (hosts 198.18.0.1-3, containers 198.19.0.11/21/31 and
-# 2001:db8:19:0::11/21/31), creates a CA and one certificate per host, starts weft on each host with only a seed
+# It installs what it needs (scripts/setup.sh), builds weft (release), brings up lab "demo" (hosts 198.18.0.1-3,
+# containers 198.19.0.11/21/31 and 2001:db8:19:0::11/21/31), creates a CA and one certificate per host, starts weft on each host with only a seed
 # address, pings across hosts over IPv4 and IPv6, runs a 5-second iperf3 between two containers, shows `weft status`,
 # `weft peers`, `weft stats` and `weft fdb` of host 1, and checks that the underlay carried only ESP. Needs root.
 set -euo pipefail
@@ -84,6 +84,9 @@ wait_for() {
     return 1
 }
 
+section "setup: the Debian packages the lab and the build need (scripts/setup.sh)"
+scripts/setup.sh
+
 section "build: weft (release)"
 say cargo build --release -p weft
 cargo build --release -p weft
@@ -141,7 +144,8 @@ for ((i = 1; i <= HOSTS; i++)); do
 done
 echo "all $HOSTS daemons ready"
 peers_agreed() {
-    "$weft" peers --socket "$workdir/h$1.sock" --json | grep -o '"epoch"' | wc -l | grep -qx "$((HOSTS - 1))"
+    "$weft" peers --socket "$workdir/h$1.sock" --json \
+        | jq -e --argjson n "$((HOSTS - 1))" '[.members[] | select(.sa != null)] | length == $n' >/dev/null
 }
 for ((i = 1; i <= HOSTS; i++)); do
     wait_for 15 "host $i to agree keys with every other host" peers_agreed "$i"

@@ -6,13 +6,14 @@
 set -euo pipefail
 
 # Tools of the namespace lab and the tests (iproute2, nftables, iperf3, tshark, tcpdump, ethtool, socat, netcat,
-# ping, procps, dig for the DNS tests) and what the AF_XDP underlay's build needs: clang (weft's XDP program, build.rs; libxdp's BPF
-# objects), m4, binutils (ld, objcopy, ar) for libxdp-sys, make, pkg-config, libelf-dev and zlib1g-dev for the
-# libbpf that libbpf-sys builds from its vendored source; llvm for inspecting BPF objects (llvm-objdump).
+# ping, procps, dig for the DNS tests, jq for the scripts) and what the AF_XDP underlay's build needs: clang (weft's
+# XDP program, build.rs; libxdp's BPF objects), m4, binutils (ld, objcopy, ar) for libxdp-sys, make, pkg-config,
+# libelf-dev and zlib1g-dev for the libbpf that libbpf-sys builds from its vendored source; llvm for inspecting BPF
+# objects (llvm-objdump).
 PACKAGES=(
     iproute2 nftables iperf3 tshark tcpdump ethtool
     clang llvm m4 binutils make libelf-dev zlib1g-dev pkg-config
-    socat netcat-openbsd procps iputils-ping bind9-dnsutils
+    socat netcat-openbsd procps iputils-ping bind9-dnsutils jq
 )
 
 say() { printf 'setup: %s\n' "$*"; }
