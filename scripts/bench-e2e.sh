@@ -55,6 +55,8 @@ done
 [[ $(id -u) -eq 0 ]] || { echo "bench-e2e.sh: must run as root (it creates network namespaces)" >&2; exit 1; }
 
 LAB=${BENCH_LAB:-bench} # BENCH_LAB: another lab name, when another bench may be running
+# BENCH_NODE: extra [node] lines for both weft hosts, e.g. BENCH_NODE=$'workers = 1\nbusy_poll_us = 0' to compare
+# settings (say which in the write-up).
 C1=$LAB-h1-blue-c1
 C2=$LAB-h2-blue-c1
 DST=198.19.0.21
@@ -193,6 +195,7 @@ name = "h$i"
 underlay = "198.18.0.$i"
 api_socket = "$workdir/h$i.sock"
 underlay_mode = "$underlay"
+${BENCH_NODE:-}
 
 $control
 

@@ -176,11 +176,8 @@ impl Api {
 
     /// Counters and tables from the data path.
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.queries.send(Query::Snapshot(tx)).map_err(|_| anyhow::anyhow!("the data path is busy"))?;
-        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(2)))
-            .await?
-            .context("the data path did not answer")
+        let handle = self.queries.clone();
+        Ok(tokio::task::spawn_blocking(move || handle.snapshot(Duration::from_secs(2))).await??)
     }
 
     /// Streams a network's frames until `count` (if given) or until the client hangs up.
@@ -298,6 +295,9 @@ fn stats_json(s: &Snapshot) -> Value {
         "tap_errors": s.tap_errors, "underlay_errors": s.underlay_errors, "offload_errors": s.offload_errors,
         "capture_dropped": s.capture_dropped,
         "drops": drops,
+        "workers": s.workers.iter().map(|w| json!({
+            "worker": w.worker, "tx_datagrams": w.tx_datagrams, "rx_frames": w.rx_frames,
+        })).collect::<Vec<_>>(),
         "underlay": underlay_json(&s.underlay),
     })
 }

@@ -248,6 +248,14 @@ pub struct NodeConfig {
     /// How datagrams reach the underlay: the kernel's UDP sockets, or AF_XDP sockets past the kernel's stack.
     #[serde(default)]
     pub underlay_mode: UnderlayMode,
+    /// Data-path workers, each with its own queue of every TAP and its own underlay sockets; one per CPU the
+    /// process may use when unset. The AF_XDP underlay runs one.
+    pub workers: Option<usize>,
+    /// Microseconds a worker keeps polling without sleeping after its last frame, so the next frame of an exchange
+    /// is handled without a wake-up: lower latency for CPU, worth it only on cores weft has to itself (0, the
+    /// default, turns it off; docs/performance.md has the measurements).
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u64,
     /// Where Prometheus metrics are served over HTTP (`GET /metrics`); off when unset.
     pub metrics: Option<SocketAddr>,
     /// Resolvers the overlay DNS forwards other names to (`address:port`); the nameservers of /etc/resolv.conf
@@ -367,6 +375,25 @@ fn default_api_socket() -> PathBuf {
     PathBuf::from("/run/weft/weft.sock")
 }
 
+/// Most data-path workers: also the most queues a TAP gets.
+pub const MAX_WORKERS: usize = 64;
+
+fn default_busy_poll_us() -> u64 {
+    0
+}
+
+impl NodeConfig {
+    /// The data-path workers to run: `workers`, or one per CPU this process may use; one for AF_XDP.
+    pub fn worker_count(&self) -> usize {
+        if self.underlay_mode == UnderlayMode::AfXdp {
+            return 1;
+        }
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, MAX_WORKERS)
+    }
+}
+
 fn default_ageing_secs() -> u64 {
     300
 }
@@ -433,6 +460,12 @@ impl Config {
         }
         if node.ageing_secs == 0 {
             return Err(invalid("node.ageing_secs", "must be at least 1"));
+        }
+        if node.workers.is_some_and(|w| !(1..=MAX_WORKERS).contains(&w)) {
+            return Err(invalid("node.workers", format!("must be 1 to {MAX_WORKERS}")));
+        }
+        if node.busy_poll_us > 10_000 {
+            return Err(invalid("node.busy_poll_us", "must be at most 10000 (10 ms); 0 turns busy polling off"));
         }
         if node.vxlan_port == 0 {
             return Err(invalid("node.vxlan_port", "must be 1..=65535"));
@@ -829,6 +862,8 @@ learning = "any"
                 "control.cipher",
             ),
             ("[node]", "[node]\nageing_secs = 0", "node.ageing_secs"),
+            ("[node]", "[node]\nworkers = 0", "node.workers"),
+            ("[node]", "[node]\nbusy_poll_us = 50000", "node.busy_poll_us"),
         ];
         for (from, to, key) in cases {
             assert!(GOOD.contains(from), "fixture lacks {from}");

@@ -25,7 +25,7 @@ use crate::clock;
 use crate::config::{Config, UnderlayMode};
 use crate::control::agent::{Agent, AgentConfig, PoolConfig};
 use crate::control::pki::NodeIdentity;
-use crate::io::datapath::Datapath;
+use crate::io::datapath::{Datapath, DatapathEvent, DatapathHandle};
 use crate::io::netlink::{Link, Netlink};
 use crate::io::tap::Tap;
 use crate::io::udp::Underlay;
@@ -46,7 +46,8 @@ fn bridge_alias(network: &str) -> String {
 #[derive(Debug, Default)]
 struct HostState {
     owned_bridges: Vec<Link>,
-    taps: Vec<Tap>,
+    /// Per network, one TAP descriptor per worker queue.
+    taps: Vec<Vec<Tap>>,
     /// Ingress addresses added to bridges: (bridge index, address).
     addresses: Vec<(u32, IpAddr)>,
     /// Gateway addresses weft added to bridges it does not own: (bridge, address).
@@ -98,19 +99,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         host.egress = Some(Egress::install(&host.networks)?);
         Ok(())
     });
-    let underlay = setup.and_then(|()| {
-        Underlay::open(config.node.underlay, config.node.vxlan_port, config.node.esp_port).map_err(anyhow::Error::from)
+    let workers = config.node.worker_count();
+    let underlays = setup.and_then(|()| {
+        let node = &config.node;
+        Underlay::open_workers(node.underlay, node.vxlan_port, node.esp_port, workers).map_err(anyhow::Error::from)
     });
-    let underlay = match underlay {
+    let underlays = match underlays {
         Ok(u) => u,
         Err(e) => {
             host.teardown(&netlink).await;
             return Err(e);
         }
     };
-
-    let underlay = open_underlay(&config, &netlink, &underlay_link, underlay);
-    let forwarder = Forwarder::new(engine_config(&config), clock::now());
     let stop = Arc::new(AtomicBool::new(false));
     let identity = match &config.control {
         Some(c) => Some(Arc::new(NodeIdentity::load(&c.ca, &c.cert, &c.key)?)),
@@ -118,9 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(4096);
     let local_tx = identity.is_some().then_some(local_tx);
-    let (datapath, handle) =
-        Datapath::new(forwarder, std::mem::take(&mut host.taps), underlay, stop.clone(), local_tx)?;
-    let worker = std::thread::Builder::new().name("weft-datapath".into()).spawn(move || datapath.run())?;
+    let (threads, handle) = spawn_workers(&config, &netlink, &underlay_link, underlays, &mut host, &stop, local_tx)?;
 
     let ingress = config.control.is_some().then(|| {
         Ingress::start(IngressConfig {
@@ -179,7 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let outcome = match metrics.and_then(|metrics| Ok((api::serve(api)?, metrics))) {
         Ok((api_task, metrics_task)) => {
             info!(networks = config.networks.len(), "ready");
-            let outcome = wait_for_exit(&worker).await;
+            let outcome = wait_for_exit(&threads).await;
             api_task.abort();
             if let Some(task) = metrics_task {
                 task.abort();
@@ -202,11 +200,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     stop.store(true, Ordering::Relaxed);
-    let joined = tokio::task::spawn_blocking(move || worker.join()).await?;
-    match joined {
-        Ok(Ok(taps)) => host.taps = taps,
-        Ok(Err(e)) => warn!(error = %e, "data path stopped with an error"),
-        Err(_) => warn!("data path panicked"),
+    let joined = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await?;
+    for (worker, outcome) in joined.into_iter().enumerate() {
+        match outcome {
+            Ok(Ok(taps)) => host.taps.push(taps),
+            Ok(Err(e)) => warn!(worker, error = %e, "data path stopped with an error"),
+            Err(_) => warn!(worker, "data path panicked"),
+        }
     }
     host.teardown(&netlink).await;
     info!("stopped");
@@ -243,7 +243,41 @@ fn open_underlay(config: &Config, netlink: &Netlink, link: &Link, udp: Underlay)
     }
 }
 
-async fn wait_for_exit(worker: &std::thread::JoinHandle<std::io::Result<Vec<Tap>>>) -> anyhow::Result<()> {
+type WorkerThread = std::thread::JoinHandle<std::io::Result<Vec<Tap>>>;
+
+/// Starts one data-path worker per queue: each gets its own forwarding engine (the SAs inside are shared through
+/// [`overlay_proto::forward::SaUpdate`]), one queue of every TAP and its own underlay sockets.
+fn spawn_workers(
+    config: &Config,
+    netlink: &Netlink,
+    underlay_link: &Link,
+    underlays: Vec<Underlay>,
+    host: &mut HostState,
+    stop: &Arc<AtomicBool>,
+    events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
+) -> anyhow::Result<(Vec<WorkerThread>, DatapathHandle)> {
+    let mut queues: Vec<Vec<Tap>> = underlays.iter().map(|_| Vec::new()).collect();
+    for network in std::mem::take(&mut host.taps) {
+        for (worker, tap) in network.into_iter().enumerate() {
+            queues[worker].push(tap);
+        }
+    }
+    let busy_poll = Duration::from_micros(config.node.busy_poll_us);
+    let (mut threads, mut handles) = (Vec::new(), Vec::new());
+    for (worker, (underlay, taps)) in underlays.into_iter().zip(queues).enumerate() {
+        let underlay = open_underlay(config, netlink, underlay_link, underlay);
+        let forwarder = Forwarder::new(engine_config(config), clock::now());
+        let (datapath, handle) =
+            Datapath::new(worker, forwarder, taps, underlay, stop.clone(), events.clone(), busy_poll)?;
+        let thread = std::thread::Builder::new().name(format!("weft-dp{worker}")).spawn(move || datapath.run())?;
+        threads.push(thread);
+        handles.push(handle);
+    }
+    info!(workers = threads.len(), busy_poll_us = config.node.busy_poll_us, "data path running");
+    Ok((threads, DatapathHandle::new(handles)))
+}
+
+async fn wait_for_exit(workers: &[WorkerThread]) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut check = tokio::time::interval(Duration::from_millis(200));
@@ -251,7 +285,7 @@ async fn wait_for_exit(worker: &std::thread::JoinHandle<std::io::Result<Vec<Tap>
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
-            _ = check.tick() => if worker.is_finished() { bail!("the data path stopped unexpectedly") },
+            _ = check.tick() => if workers.iter().any(|w| w.is_finished()) { bail!("the data path stopped unexpectedly") },
         }
     }
 }
@@ -285,13 +319,14 @@ async fn setup_networks(
                 link
             }
         };
-        let tap = Tap::open(&net.tap_name(), config.node.offload)?;
+        let queues = Tap::open_queues(&net.tap_name(), config.node.offload, config.node.worker_count())?;
+        let tap = &queues[0];
         let tap_link = netlink
             .link_by_name(tap.name())
             .await?
             .with_context(|| format!("TAP {} vanished right after it was created", tap.name()))?;
         let offloads = tap.offloads();
-        host.taps.push(tap);
+        host.taps.push(queues);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
         // Attach adds and removes bridge ports all the time: the bridge's MAC must not follow them.
         netlink.pin_address(&netlink.link_by_index(bridge.index).await?).await?;

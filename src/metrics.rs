@@ -267,6 +267,7 @@ mod tests {
             peers_overflow: PeerTraffic { rx_packets: 1, ..PeerTraffic::default() },
             sa_usage: Vec::new(),
             capture_dropped: 0,
+            workers: Vec::new(),
         }
     }
 

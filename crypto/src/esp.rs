@@ -13,6 +13,8 @@
 //! place and returns where the payload is. Nothing allocates.
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_128_GCM, AES_256_GCM};
 
@@ -109,27 +111,29 @@ pub fn spi_of(packet: &[u8]) -> Option<Spi> {
 }
 
 /// The sending half of a security association.
+///
+/// Shared by every data-path worker (`&self` everywhere): the sequence number is one atomic counter, so no two
+/// workers ever seal with the same nonce.
 pub struct Outbound {
     spi: Spi,
     key: LessSafeKey,
     salt: [u8; 4],
-    seq: u64,
-    /// Packets sealed.
-    pub packets: u64,
-    /// Payload bytes sealed.
-    pub bytes: u64,
+    seq: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl core::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Outbound").field("spi", &self.spi).field("seq", &self.seq).finish_non_exhaustive()
+        f.debug_struct("Outbound").field("spi", &self.spi).field("seq", &self.seq()).finish_non_exhaustive()
     }
 }
 
 impl Outbound {
     /// An SA sending to `spi` (chosen by the receiver) with `keys`; the first packet has sequence number 1.
     pub fn new(spi: Spi, keys: &SaKeys) -> Self {
-        Self { spi, key: aead_key(keys), salt: keys.salt, seq: 0, packets: 0, bytes: 0 }
+        let zero = || AtomicU64::new(0);
+        Self { spi, key: aead_key(keys), salt: keys.salt, seq: zero(), packets: zero(), bytes: zero() }
     }
 
     /// The SPI.
@@ -139,12 +143,22 @@ impl Outbound {
 
     /// The last sequence number used.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Packets sealed.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes sealed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Seals `buf[payload]` in place: the header goes into the headroom, the trailer and ICV after the payload.
     /// Returns the range of the ESP packet.
-    pub fn seal(&mut self, buf: &mut [u8], payload: Range<usize>) -> Result<Range<usize>, SealError> {
+    pub fn seal(&self, buf: &mut [u8], payload: Range<usize>) -> Result<Range<usize>, SealError> {
         let start = payload.start.checked_sub(HEADER_LEN).ok_or(SealError::NoHeadroom)?;
         let pad = pad_len(payload.len());
         let trailer_end = payload.end + pad + 2;
@@ -152,8 +166,12 @@ impl Outbound {
         if end > buf.len() {
             return Err(SealError::NoTailroom);
         }
-        let seq = self.seq.checked_add(1).ok_or(SealError::Exhausted)?;
-        self.seq = seq;
+        // Each sequence number, and so each nonce, is handed out once, whichever worker asks.
+        let seq = self
+            .seq
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_add(1))
+            .map_err(|_| SealError::Exhausted)?
+            + 1;
         for (i, b) in buf[payload.end..payload.end + pad].iter_mut().enumerate() {
             *b = i as u8 + 1;
         }
@@ -172,34 +190,43 @@ impl Outbound {
             )
             .map_err(|_| SealError::NoTailroom)?;
         buf[trailer_end..end].copy_from_slice(tag.as_ref());
-        self.packets += 1;
-        self.bytes += payload.len() as u64;
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
         Ok(start..end)
     }
 }
 
 /// The receiving half of a security association.
+///
+/// Shared by every data-path worker: packets of one SA may arrive on any of them. The replay window sits behind a
+/// lock held only to check or move it, never while decrypting; a packet is accepted only if its number is still
+/// fresh when the window is moved, so two workers opening copies of one packet at once cannot both pass.
 pub struct Inbound {
     spi: Spi,
     key: LessSafeKey,
     salt: [u8; 4],
-    window: ReplayWindow,
-    /// Packets opened.
-    pub packets: u64,
-    /// Payload bytes opened.
-    pub bytes: u64,
+    window: Mutex<ReplayWindow>,
+    packets: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl core::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Inbound").field("spi", &self.spi).field("top", &self.window.top()).finish_non_exhaustive()
+        f.debug_struct("Inbound").field("spi", &self.spi).field("top", &self.top()).finish_non_exhaustive()
     }
 }
 
 impl Inbound {
     /// An SA receiving on `spi` with `keys`.
     pub fn new(spi: Spi, keys: &SaKeys) -> Self {
-        Self { spi, key: aead_key(keys), salt: keys.salt, window: ReplayWindow::default(), packets: 0, bytes: 0 }
+        Self {
+            spi,
+            key: aead_key(keys),
+            salt: keys.salt,
+            window: Mutex::new(ReplayWindow::default()),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
     }
 
     /// The SPI.
@@ -209,12 +236,27 @@ impl Inbound {
 
     /// The highest sequence number received.
     pub fn top(&self) -> u64 {
-        self.window.top()
+        self.window().top()
+    }
+
+    /// Packets opened.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes opened.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {
+        // The window is plain data that every critical section leaves consistent: a panic elsewhere cannot poison it.
+        self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks, decrypts and verifies an ESP packet in place; returns the range of its payload within `packet`.
     /// The replay check runs before decryption and the window moves only after the ICV verified.
-    pub fn open(&mut self, packet: &mut [u8]) -> Result<Range<usize>, OpenError> {
+    pub fn open(&self, packet: &mut [u8]) -> Result<Range<usize>, OpenError> {
         if packet.len() < HEADER_LEN + 2 + ICV_LEN || !(packet.len() - HEADER_LEN - ICV_LEN).is_multiple_of(4) {
             return Err(OpenError::Truncated);
         }
@@ -222,8 +264,12 @@ impl Inbound {
             return Err(OpenError::WrongSpi);
         }
         let low = u32::from_be_bytes(packet[field::SEQ_LOW].try_into().expect("4-byte field"));
-        let seq = self.window.infer(low);
-        self.window.check(seq)?;
+        let seq = {
+            let window = self.window();
+            let seq = window.infer(low);
+            window.check(seq)?;
+            seq
+        };
         // RFC 4106 lets the IV be anything; weft's is the sequence number, but the receiver uses the IV sent.
         let iv: [u8; 8] = packet[field::IV].try_into().expect("8-byte field");
         let mut n = [0u8; 12];
@@ -234,15 +280,20 @@ impl Inbound {
             .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(aad(self.spi, seq)), &mut packet[HEADER_LEN..])
             .map_err(|_| OpenError::Authentication)?
             .len();
-        self.window.accept(seq);
+        {
+            // Another worker may have accepted this number while we decrypted.
+            let mut window = self.window();
+            window.check(seq)?;
+            window.accept(seq);
+        }
         let trailer_end = HEADER_LEN + plain_len;
         let (pad, next) = (usize::from(packet[trailer_end - 2]), packet[trailer_end - 1]);
         if next != NEXT_HEADER_UDP || pad + 2 > plain_len {
             return Err(OpenError::BadTrailer);
         }
         let payload_end = trailer_end - 2 - pad;
-        self.packets += 1;
-        self.bytes += (payload_end - HEADER_LEN) as u64;
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add((payload_end - HEADER_LEN) as u64, Ordering::Relaxed);
         Ok(HEADER_LEN..payload_end)
     }
 }
@@ -308,14 +359,14 @@ mod tests {
         for (cipher, spi, seq, len, expected) in ESP_VECTORS {
             let spi = Spi::new(*spi).unwrap();
             let payload = &hex(PAYLOAD)[..*len];
-            let mut out = Outbound::new(spi, &vector_keys(*cipher));
-            out.seq = seq - 1;
+            let out = Outbound::new(spi, &vector_keys(*cipher));
+            out.seq.store(seq - 1, Ordering::Relaxed);
             let mut buf = vec![0u8; HEADER_LEN + payload.len() + MAX_TRAILER_LEN];
             buf[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
             let range = out.seal(&mut buf, HEADER_LEN..HEADER_LEN + payload.len()).unwrap();
             assert_eq!(hex_of(&buf[range.clone()]), *expected, "seq {seq}");
-            let mut inbound = Inbound::new(spi, &vector_keys(*cipher));
-            inbound.window.accept(seq - 1);
+            let inbound = Inbound::new(spi, &vector_keys(*cipher));
+            inbound.window().accept(seq - 1);
             let mut packet = hex(expected);
             let inner = inbound.open(&mut packet).unwrap();
             assert_eq!(&packet[inner], payload);
@@ -332,7 +383,7 @@ mod tests {
         (Outbound::new(spi, &keys), Inbound::new(spi, &keys))
     }
 
-    fn sealed(out: &mut Outbound, payload: &[u8]) -> Vec<u8> {
+    fn sealed(out: &Outbound, payload: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; HEADER_LEN + payload.len() + MAX_TRAILER_LEN];
         buf[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
         let range = out.seal(&mut buf, HEADER_LEN..HEADER_LEN + payload.len()).unwrap();
@@ -340,29 +391,58 @@ mod tests {
     }
 
     #[test]
+    fn workers_sharing_an_sa_never_reuse_a_nonce_and_accept_each_packet_once() {
+        let (out, inb) = pair();
+        // Two threads seal concurrently: every sequence number (and so every nonce) is used exactly once.
+        let packets: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let sealers: Vec<_> =
+                (0..2).map(|_| s.spawn(|| (0..500).map(|_| sealed(&out, b"payload")).collect::<Vec<_>>())).collect();
+            sealers.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut seqs: Vec<u32> = packets.iter().map(|p| u32::from_be_bytes(p[4..8].try_into().unwrap())).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=1000).collect::<Vec<u32>>());
+        // Two threads open the same 1000 packets at once (every packet duplicated): each is accepted exactly once.
+        let opened = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for p in &packets {
+                        if inb.open(&mut p.clone()).is_ok() {
+                            opened.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(opened.load(Ordering::Relaxed), 1000);
+        assert_eq!((out.packets(), inb.packets()), (1000, 1000));
+    }
+
+    #[test]
     fn every_payload_length_round_trips_with_4_byte_alignment() {
-        let (mut out, mut inb) = pair();
+        let (out, inb) = pair();
         for len in 0..70 {
             let payload: Vec<u8> = (0..len as u8).collect();
-            let mut packet = sealed(&mut out, &payload);
+            let mut packet = sealed(&out, &payload);
             assert_eq!(packet.len(), len + overhead(len));
             assert_eq!((packet.len() - HEADER_LEN - ICV_LEN) % 4, 0);
             let inner = inb.open(&mut packet).unwrap();
             assert_eq!(&packet[inner], &payload[..]);
         }
-        assert_eq!((out.packets, inb.packets), (70, 70));
+        assert_eq!((out.packets(), inb.packets()), (70, 70));
     }
 
     #[test]
     fn replays_tampering_and_wrong_spi_are_refused_without_moving_the_window() {
-        let (mut out, mut inb) = pair();
-        let first = sealed(&mut out, b"first");
+        let (out, inb) = pair();
+        let first = sealed(&out, b"first");
         let mut copy = first.clone();
         inb.open(&mut copy).unwrap();
         let mut replay = first.clone();
         assert_eq!(inb.open(&mut replay), Err(OpenError::Replay(ReplayError::Replayed)));
         // A forged packet far ahead must not advance the window: the honest next packet still opens.
-        let mut forged = sealed(&mut out, b"second");
+        let mut forged = sealed(&out, b"second");
         let honest = forged.clone();
         forged[5] ^= 0x40; // seq low: claims another sequence number
         assert_eq!(inb.open(&mut forged), Err(OpenError::Authentication));
@@ -376,12 +456,12 @@ mod tests {
         other[3] ^= 1;
         assert_eq!(inb.open(&mut other), Err(OpenError::WrongSpi));
         assert_eq!(inb.open(&mut honest[..20].to_vec()), Err(OpenError::Truncated));
-        assert_eq!(inb.packets, 2);
+        assert_eq!(inb.packets(), 2);
     }
 
     #[test]
     fn seal_needs_head_and_tail_room() {
-        let (mut out, _) = pair();
+        let (out, _) = pair();
         let mut buf = vec![0u8; 40];
         assert_eq!(out.seal(&mut buf, 8..20), Err(SealError::NoHeadroom));
         assert_eq!(out.seal(&mut buf, 16..30), Err(SealError::NoTailroom));

@@ -13,10 +13,10 @@ use weft_crypto::Spi;
 fuzz_target!(|data: &[u8]| {
     let keys = SaKeys::new(Cipher::Aes128Gcm, &[7; 16], [1, 2, 3, 4]).expect("16-byte key");
     let spi = Spi::new(0x1001).expect("non-zero");
-    let mut inbound = Inbound::new(spi, &keys);
+    let inbound = Inbound::new(spi, &keys);
     assert!(inbound.open(&mut data.to_vec()).is_err(), "arbitrary bytes opened");
 
-    let mut outbound = Outbound::new(spi, &keys);
+    let outbound = Outbound::new(spi, &keys);
     let mut buf = vec![0u8; HEADER_LEN + data.len() + MAX_TRAILER_LEN];
     buf[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
     let range = outbound.seal(&mut buf, HEADER_LEN..HEADER_LEN + data.len()).expect("room was left");

@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_crypto::esp::{self, Inbound, OpenError, Outbound};
@@ -175,7 +176,7 @@ impl DropReason {
     }
 }
 
-/// Counters of the engine. Plain integers: one engine is owned by one worker.
+/// Counters of the engine. Plain integers: one engine is owned by one worker; [`ForwardStats::merge`] sums workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardStats {
     /// Frames read from TAPs that were sent to one VTEP.
@@ -214,6 +215,38 @@ impl ForwardStats {
         DropReason::ALL.iter().map(|r| (*r, self.drops[r.index()]))
     }
 
+    /// Adds another worker's counters to these.
+    pub fn merge(&mut self, other: &ForwardStats) {
+        let ForwardStats {
+            tx_unicast,
+            tx_flooded,
+            tx_datagrams,
+            tx_bytes,
+            suppressed,
+            kept_local,
+            rx_frames,
+            rx_bytes,
+            learned,
+            esp_sealed,
+            esp_opened,
+            drops,
+        } = other;
+        self.tx_unicast += tx_unicast;
+        self.tx_flooded += tx_flooded;
+        self.tx_datagrams += tx_datagrams;
+        self.tx_bytes += tx_bytes;
+        self.suppressed += suppressed;
+        self.kept_local += kept_local;
+        self.rx_frames += rx_frames;
+        self.rx_bytes += rx_bytes;
+        self.learned += learned;
+        self.esp_sealed += esp_sealed;
+        self.esp_opened += esp_opened;
+        for (mine, theirs) in self.drops.iter_mut().zip(drops) {
+            *mine += theirs;
+        }
+    }
+
     fn drop(&mut self, reason: DropReason) -> DropReason {
         self.drops[reason.index()] += 1;
         reason
@@ -248,6 +281,52 @@ pub enum ControlUpdate {
         /// The VTEPs.
         vteps: Vec<IpAddr>,
     },
+}
+
+/// An SA change, built once from a [`KeyEvent`] and handed to every worker's engine: the SAs inside are shared, so
+/// all workers draw sequence numbers from one counter and check one replay window (DESIGN.md: one SA per direction
+/// per host pair).
+#[derive(Debug, Clone)]
+pub enum SaUpdate {
+    /// Accept packets on `sa` from `vtep`.
+    Inbound {
+        /// The peer's VTEP: packets on this SPI must come from it.
+        vtep: IpAddr,
+        /// The SA.
+        sa: Arc<Inbound>,
+    },
+    /// Send to `vtep` with `sa` from now on.
+    Outbound {
+        /// The peer's VTEP.
+        vtep: IpAddr,
+        /// The SA.
+        sa: Arc<Outbound>,
+    },
+    /// Stop accepting `spi`.
+    RemoveInbound {
+        /// The SPI.
+        spi: Spi,
+    },
+    /// Forget the outbound SA to `vtep`.
+    RemoveOutbound {
+        /// The peer's VTEP.
+        vtep: IpAddr,
+    },
+}
+
+impl From<KeyEvent> for SaUpdate {
+    fn from(event: KeyEvent) -> Self {
+        match event {
+            KeyEvent::InstallInbound { vtep, spi, keys, .. } => {
+                SaUpdate::Inbound { vtep, sa: Arc::new(Inbound::new(spi, &keys)) }
+            }
+            KeyEvent::SetOutbound { vtep, spi, keys, .. } => {
+                SaUpdate::Outbound { vtep, sa: Arc::new(Outbound::new(spi, &keys)) }
+            }
+            KeyEvent::RemoveInbound { spi } => SaUpdate::RemoveInbound { spi },
+            KeyEvent::RemoveOutbound { vtep } => SaUpdate::RemoveOutbound { vtep },
+        }
+    }
 }
 
 /// Where a frame from a TAP goes.
@@ -341,9 +420,9 @@ pub struct Forwarder {
     local: LocalEndpoints,
     vxlan_port: u16,
     /// The current outbound SA per peer VTEP.
-    outbound: FastMap<IpAddr, Outbound>,
+    outbound: FastMap<IpAddr, Arc<Outbound>>,
     /// Inbound SAs by SPI, with the VTEP that may use them.
-    inbound: FastMap<Spi, (IpAddr, Inbound)>,
+    inbound: FastMap<Spi, (IpAddr, Arc<Inbound>)>,
     stats: ForwardStats,
 }
 
@@ -458,7 +537,7 @@ impl Forwarder {
         let Some(spi) = esp::spi_of(packet) else {
             return Err(self.stats.drop(DropReason::EspMalformed));
         };
-        let Some((_, sa)) = self.inbound.get_mut(&spi).filter(|(vtep, _)| *vtep == from) else {
+        let Some((_, sa)) = self.inbound.get(&spi).filter(|(vtep, _)| *vtep == from) else {
             return Err(self.stats.drop(DropReason::UnknownSpi));
         };
         let inner = sa.open(packet).map_err(|e| {
@@ -531,7 +610,7 @@ impl Forwarder {
         if !net.encrypted {
             return Ok((datagram, Port::Vxlan));
         }
-        let Some(sa) = self.outbound.get_mut(&vtep) else {
+        let Some(sa) = self.outbound.get(&vtep) else {
             return Err(self.stats.drop(DropReason::NoSa));
         };
         let start = datagram.start - udp::HEADER_LEN;
@@ -560,17 +639,22 @@ impl Forwarder {
 
     /// Applies an SA change from the key agreement.
     pub fn handle_key_event(&mut self, event: KeyEvent) {
-        match event {
-            KeyEvent::InstallInbound { vtep, spi, keys, .. } => {
-                self.inbound.insert(spi, (vtep, Inbound::new(spi, &keys)));
+        self.handle_sa_update(event.into());
+    }
+
+    /// Applies an SA change whose state may be shared with other workers' engines.
+    pub fn handle_sa_update(&mut self, update: SaUpdate) {
+        match update {
+            SaUpdate::Inbound { vtep, sa } => {
+                self.inbound.insert(sa.spi(), (vtep, sa));
             }
-            KeyEvent::SetOutbound { vtep, spi, keys, .. } => {
-                self.outbound.insert(vtep, Outbound::new(spi, &keys));
+            SaUpdate::Outbound { vtep, sa } => {
+                self.outbound.insert(vtep, sa);
             }
-            KeyEvent::RemoveInbound { spi } => {
+            SaUpdate::RemoveInbound { spi } => {
                 self.inbound.remove(&spi);
             }
-            KeyEvent::RemoveOutbound { vtep } => {
+            SaUpdate::RemoveOutbound { vtep } => {
                 self.outbound.remove(&vtep);
             }
         }
@@ -578,7 +662,7 @@ impl Forwarder {
 
     /// Packets and bytes sealed by each current outbound SA: the key agreement rekeys on them.
     pub fn sa_usage(&self) -> impl Iterator<Item = (IpAddr, u64, u64)> + '_ {
-        self.outbound.iter().map(|(vtep, sa)| (*vtep, sa.packets, sa.bytes))
+        self.outbound.iter().map(|(vtep, sa)| (*vtep, sa.packets(), sa.bytes()))
     }
 
     /// Periodic housekeeping: expires learned FDB entries and silent local endpoints. Call about once a second.

@@ -124,3 +124,115 @@ impl LocalEndpoints {
 fn usable(ip: IpAddr) -> bool {
     !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || ip == IpAddr::from([255, 255, 255, 255]))
 }
+
+/// Joins the local endpoints of several data-path workers into one view for the control plane.
+///
+/// With a multi-queue TAP every worker sees only the frames the kernel steered to its queue, so each keeps its own
+/// [`LocalEndpoints`]. An endpoint is present while any worker has it; its addresses are the union of what the
+/// workers learnt; it is gone when the last worker withdraws it. Only changes to that joined view come out, so one
+/// worker behaves exactly as if there were no merge.
+#[derive(Debug, Default)]
+pub struct LocalMerge {
+    /// Per endpoint: the addresses each worker that has it reported, and the addresses last announced.
+    entries: FastMap<(usize, MacAddr), Merged>,
+}
+
+#[derive(Debug, Default)]
+struct Merged {
+    by_worker: Vec<(usize, Vec<IpAddr>)>,
+    announced: Vec<IpAddr>,
+}
+
+impl Merged {
+    fn union(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for ip in self.by_worker.iter().flat_map(|(_, ips)| ips) {
+            if !ips.contains(ip) {
+                ips.push(*ip);
+            }
+        }
+        ips
+    }
+}
+
+impl LocalMerge {
+    /// Takes `event` from worker `worker`; returns the change to the joined view, if any.
+    pub fn apply(&mut self, worker: usize, event: LocalEvent) -> Option<LocalEvent> {
+        match event {
+            LocalEvent::Seen { network, mac, ips } => {
+                let merged = self.entries.entry((network, mac)).or_default();
+                let fresh = merged.by_worker.is_empty();
+                match merged.by_worker.iter_mut().find(|(w, _)| *w == worker) {
+                    Some((_, mine)) => *mine = ips,
+                    None => merged.by_worker.push((worker, ips)),
+                }
+                let union = merged.union();
+                (fresh || union != merged.announced).then(|| {
+                    merged.announced = union.clone();
+                    LocalEvent::Seen { network, mac, ips: union }
+                })
+            }
+            LocalEvent::Gone { network, mac } => {
+                let merged = self.entries.get_mut(&(network, mac))?;
+                merged.by_worker.retain(|(w, _)| *w != worker);
+                if merged.by_worker.is_empty() {
+                    self.entries.remove(&(network, mac));
+                    return Some(LocalEvent::Gone { network, mac });
+                }
+                let union = merged.union();
+                (union != merged.announced).then(|| {
+                    merged.announced = union.clone();
+                    LocalEvent::Seen { network, mac, ips: union }
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(mac: u8, ips: &[[u8; 4]]) -> LocalEvent {
+        let ips = ips.iter().map(|ip| IpAddr::from(*ip)).collect();
+        LocalEvent::Seen { network: 0, mac: MacAddr([2, 0, 0, 0, 0, mac]), ips }
+    }
+
+    fn gone(mac: u8) -> LocalEvent {
+        LocalEvent::Gone { network: 0, mac: MacAddr([2, 0, 0, 0, 0, mac]) }
+    }
+
+    #[test]
+    fn an_endpoint_stays_while_any_worker_has_it_with_the_union_of_its_addresses() {
+        let mut m = LocalMerge::default();
+        let (a, b) = ([198, 19, 0, 2], [198, 19, 0, 3]);
+        assert_eq!(m.apply(0, seen(1, &[a])), Some(seen(1, &[a])));
+        // Worker 1 sees the same endpoint with nothing new: no change to announce.
+        assert_eq!(m.apply(1, seen(1, &[a])), None);
+        assert_eq!(m.apply(1, seen(1, &[a, b])), Some(seen(1, &[a, b])));
+        // Worker 0 ages it out; worker 1 still has both addresses.
+        assert_eq!(m.apply(0, gone(1)), None);
+        assert_eq!(m.apply(1, gone(1)), Some(gone(1)));
+        // Gone from a worker that never had it changes nothing.
+        assert_eq!(m.apply(0, gone(1)), None);
+        assert_eq!(m.apply(0, seen(1, &[])), Some(seen(1, &[])));
+    }
+
+    #[test]
+    fn an_address_only_one_worker_knew_is_withdrawn_with_that_worker() {
+        let mut m = LocalMerge::default();
+        let (a, b) = ([198, 19, 0, 2], [198, 19, 0, 3]);
+        m.apply(0, seen(1, &[a]));
+        m.apply(1, seen(1, &[b]));
+        assert_eq!(m.apply(1, gone(1)), Some(seen(1, &[a])));
+    }
+
+    #[test]
+    fn a_single_worker_passes_events_through() {
+        let mut m = LocalMerge::default();
+        let events = [seen(1, &[[198, 19, 0, 2]]), seen(2, &[]), gone(1), seen(1, &[]), gone(2), gone(1)];
+        for event in events {
+            assert_eq!(m.apply(0, event.clone()), Some(event));
+        }
+    }
+}

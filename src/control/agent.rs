@@ -32,7 +32,7 @@ use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode, MemberHealth};
 use overlay_proto::ipam::{Ipam, IpamAction, IpamConfig, IpamStats};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
-use overlay_proto::local::LocalEvent;
+use overlay_proto::local::{LocalEvent, LocalMerge};
 use overlay_proto::names::Names;
 use overlay_proto::service::{parse_service_key, service_key, Catalog, ServiceRecord};
 use overlay_proto::{MacAddr, NodeId, Vni};
@@ -253,6 +253,7 @@ impl Agent {
             ipam,
             pending: Vec::new(),
             attached: HashMap::new(),
+            local: LocalMerge::default(),
             names: names.clone(),
         };
         let task = tokio::spawn(driver.run(events, datapath_events, commands_rx, shutdown_rx));
@@ -291,6 +292,8 @@ struct Driver {
     pending: Vec<PendingAllocation>,
     /// Endpoints registered by attach, which discovery leaves alone.
     attached: HashMap<(Vni, MacAddr), EndpointRecord>,
+    /// Joins the discovered endpoints of the data-path workers.
+    local: LocalMerge,
     names: Arc<std::sync::RwLock<Names>>,
 }
 
@@ -379,7 +382,10 @@ impl Driver {
         let now = clock::now();
         self.digest_dirty = true;
         let event = match event {
-            DatapathEvent::Local(event) => event,
+            DatapathEvent::Local { worker, event } => match self.local.apply(worker, event) {
+                Some(event) => event,
+                None => return,
+            },
             DatapathEvent::SaUsage(usage) => {
                 if let Some(keyring) = &mut self.keyring {
                     for (vtep, packets, bytes) in usage {
@@ -636,7 +642,7 @@ impl Driver {
                 KeyEvent::RemoveInbound { spi } => debug!(%spi, "inbound SA retired"),
                 KeyEvent::RemoveOutbound { vtep } => debug!(%vtep, "outbound SA removed"),
             }
-            if self.datapath.send(Query::Key(event)).is_err() {
+            if self.datapath.send(Query::Key(event.into())).is_err() {
                 warn!("data path queue full: an SA change was dropped");
             }
         }

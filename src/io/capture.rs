@@ -29,8 +29,8 @@ pub struct CapturedFrame {
     pub data: Vec<u8>,
 }
 
-/// An open capture, as the data path holds it.
-#[derive(Debug)]
+/// An open capture, as the data path holds it. Every worker holds its own copy, feeding one channel.
+#[derive(Debug, Clone)]
 pub struct CaptureSink {
     /// Chosen by the API, to close it.
     pub id: u64,

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overlay_proto::fdb::Origin;
-use overlay_proto::forward::{ControlUpdate, Egress, ForwardStats, Forwarder, Port, HEADROOM, TAILROOM};
-use overlay_proto::keying::KeyEvent;
+use overlay_proto::forward::{ControlUpdate, Egress, ForwardStats, Forwarder, Port, SaUpdate, HEADROOM, TAILROOM};
 use overlay_proto::local::LocalEvent;
 use overlay_proto::offload::{self, complete_checksum, gso, Coalescer, Push, VirtioNetHdr};
 use overlay_proto::wire::{udp, vxlan};
@@ -45,15 +44,15 @@ const MAX_SEGMENTS: usize = 512;
 /// Longest sleep in poll: bounds how late a stop request or a query is seen.
 const POLL_MS: i32 = 100;
 
-/// A request from another thread, handled between batches.
-#[derive(Debug)]
+/// A request from another thread, handled between batches. Every worker gets its own copy.
+#[derive(Debug, Clone)]
 pub enum Query {
     /// Counters and the FDB.
     Snapshot(crossbeam_channel::Sender<Snapshot>),
     /// A change from the control plane.
     Control(ControlUpdate),
-    /// An SA change from the key agreement.
-    Key(KeyEvent),
+    /// An SA change from the key agreement, its SA state shared by all workers.
+    Key(SaUpdate),
     /// Open a capture (`weft capture`).
     CaptureStart(CaptureSink),
     /// Close the capture with this id.
@@ -63,25 +62,75 @@ pub enum Query {
 /// What the worker tells the control plane.
 #[derive(Debug)]
 pub enum DatapathEvent {
-    /// A local endpoint appeared, changed or went silent.
-    Local(LocalEvent),
-    /// Packets and bytes sealed so far by each current outbound SA, about once a second.
+    /// A local endpoint appeared, changed or went silent, as worker `worker` sees it ([`overlay_proto::local::LocalMerge`]
+    /// joins the workers' views).
+    Local {
+        /// The worker's index.
+        worker: usize,
+        /// What it saw.
+        event: LocalEvent,
+    },
+    /// Packets and bytes sealed so far by each current outbound SA, about once a second (from worker 0 only: the
+    /// counters are shared).
     SaUsage(Vec<(IpAddr, u64, u64)>),
 }
 
-/// The sending side of the worker's queue, with the waker that makes it act at once.
+/// The sending side of one worker's queue, with the waker that makes it act at once.
 #[derive(Debug, Clone)]
-pub struct DatapathHandle {
+pub struct WorkerHandle {
     queries: crossbeam_channel::Sender<Query>,
     waker: Arc<Waker>,
 }
 
+/// The way into every worker: queries go to all of them, snapshots are summed.
+#[derive(Debug, Clone)]
+pub struct DatapathHandle {
+    workers: Vec<WorkerHandle>,
+}
+
+/// Why the workers' state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A worker's queue is full or the worker is gone.
+    #[error("the data path is busy")]
+    Busy,
+    /// A worker did not answer in time.
+    #[error("the data path did not answer")]
+    Timeout,
+}
+
 impl DatapathHandle {
-    /// Queues `query` and wakes the worker. Fails when the worker is gone or its queue is full.
+    /// A handle over the workers.
+    pub fn new(workers: Vec<WorkerHandle>) -> Self {
+        Self { workers }
+    }
+
+    /// Queues a copy of `query` for every worker and wakes them. Fails when a worker is gone or its queue is full.
     pub fn send(&self, query: Query) -> Result<(), crossbeam_channel::TrySendError<Query>> {
-        self.queries.try_send(query)?;
-        self.waker.wake();
-        Ok(())
+        let mut outcome = Ok(());
+        for worker in &self.workers {
+            match worker.queries.try_send(query.clone()) {
+                Ok(()) => worker.waker.wake(),
+                Err(e) => outcome = Err(e),
+            }
+        }
+        outcome
+    }
+
+    /// Every worker's counters and tables, joined: counters summed, tables merged. Blocks up to `timeout`.
+    pub fn snapshot(&self, timeout: Duration) -> Result<Snapshot, SnapshotError> {
+        let (tx, rx) = crossbeam_channel::bounded(self.workers.len());
+        self.send(Query::Snapshot(tx)).map_err(|_| SnapshotError::Busy)?;
+        let deadline = Instant::now() + timeout;
+        let mut joined: Option<Snapshot> = None;
+        for _ in &self.workers {
+            let part = rx.recv_deadline(deadline).map_err(|_| SnapshotError::Timeout)?;
+            match &mut joined {
+                Some(j) => j.merge(part),
+                None => joined = Some(part),
+            }
+        }
+        joined.ok_or(SnapshotError::Timeout)
     }
 }
 
@@ -110,6 +159,58 @@ pub struct Snapshot {
     pub sa_usage: Vec<(IpAddr, u64, u64)>,
     /// Captured frames lost to a slow reader.
     pub capture_dropped: u64,
+    /// What each worker carried, in worker order: how the kernel spread the flows.
+    pub workers: Vec<WorkerLoad>,
+}
+
+/// One worker's share of the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLoad {
+    /// The worker's index.
+    pub worker: usize,
+    /// Datagrams it sent to the underlay.
+    pub tx_datagrams: u64,
+    /// Frames it received from the underlay and passed to a TAP.
+    pub rx_frames: u64,
+}
+
+impl Snapshot {
+    /// Adds another worker's snapshot to this one. Static and control-plane FDB entries are the same in every
+    /// worker; a MAC one worker learnt shows once. SA usage counters are shared, so they are taken once.
+    fn merge(&mut self, other: Snapshot) {
+        self.forward.merge(&other.forward);
+        self.tap_errors += other.tap_errors;
+        self.underlay_errors += other.underlay_errors;
+        self.offload_errors += other.offload_errors;
+        self.underlay.merge(&other.underlay);
+        for row in other.fdb {
+            if !self.fdb.iter().any(|r| r.vni == row.vni && r.mac == row.mac) {
+                self.fdb.push(row);
+            }
+        }
+        for (network, mac, ips) in other.local {
+            match self.local.iter_mut().find(|(n, m, _)| *n == network && *m == mac) {
+                Some((_, _, mine)) => {
+                    for ip in ips {
+                        if !mine.contains(&ip) {
+                            mine.push(ip);
+                        }
+                    }
+                }
+                None => self.local.push((network, mac, ips)),
+            }
+        }
+        for (vtep, traffic) in other.peers {
+            match self.peers.iter_mut().find(|(v, _)| *v == vtep) {
+                Some((_, mine)) => mine.add(&traffic),
+                None => self.peers.push((vtep, traffic)),
+            }
+        }
+        self.peers_overflow.add(&other.peers_overflow);
+        self.capture_dropped += other.capture_dropped;
+        self.workers.extend(other.workers);
+        self.workers.sort_by_key(|w| w.worker);
+    }
 }
 
 /// One FDB entry.
@@ -128,6 +229,10 @@ pub struct FdbRow {
 /// A running worker's handles.
 #[derive(Debug)]
 pub struct Datapath {
+    /// This worker's index: 0 also reports SA usage.
+    worker: usize,
+    /// How long to keep polling without sleeping after the last work (0: always sleep in poll).
+    busy_poll: Duration,
     forwarder: Forwarder,
     taps: Vec<Tap>,
     underlay: Box<dyn UnderlayIo>,
@@ -156,19 +261,25 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// A worker over `taps` (in the forwarder's network order) and `underlay`, and the handle that feeds it.
-    /// Discovered local endpoints go to `local_events` when a control plane listens.
+    /// Worker `worker` over `taps` (one queue of each network's TAP, in the forwarder's network order) and
+    /// `underlay`, and the handle that feeds it. Discovered local endpoints go to `events` when a control plane
+    /// listens. After any work it keeps polling without sleeping for `busy_poll`, so the next frame of an exchange
+    /// does not pay a wake-up.
     pub fn new(
+        worker: usize,
         forwarder: Forwarder,
         taps: Vec<Tap>,
         underlay: Box<dyn UnderlayIo>,
         stop: Arc<AtomicBool>,
         events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
-    ) -> io::Result<(Self, DatapathHandle)> {
+        busy_poll: Duration,
+    ) -> io::Result<(Self, WorkerHandle)> {
         let (tx, queries) = crossbeam_channel::bounded(4096);
         let waker = Arc::new(Waker::new()?);
-        let handle = DatapathHandle { queries: tx, waker: waker.clone() };
+        let handle = WorkerHandle { queries: tx, waker: waker.clone() };
         let worker = Self {
+            worker,
+            busy_poll,
             forwarder,
             taps,
             underlay,
@@ -207,15 +318,24 @@ impl Datapath {
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         let mut next_tick = clock::now() + Duration::from_secs(1);
+        let mut last_work = clock::now();
         while !self.stop.load(Ordering::Relaxed) {
+            let spinning = clock::now().saturating_duration_since(last_work) < self.busy_poll;
+            let timeout = if spinning { 0 } else { POLL_MS };
             // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs for the whole call.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if ready < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
+            }
+            if ready > 0 {
+                last_work = clock::now();
+            } else if spinning {
+                // Nothing yet: let anything else that wants this core run, then look again.
+                std::thread::yield_now();
             }
             let now = clock::now();
             let (tap_fds, rest) = fds.split_at(self.taps.len());
@@ -238,13 +358,13 @@ impl Datapath {
                 self.underlay.handle_timeout(now);
                 next_tick = now + Duration::from_secs(1);
                 let usage: Vec<_> = self.forwarder.sa_usage().collect();
-                if !usage.is_empty() {
+                if self.worker == 0 && !usage.is_empty() {
                     self.emit(DatapathEvent::SaUsage(usage));
                 }
             }
             self.drain_queries(now);
             while let Some(event) = self.forwarder.poll_local_event() {
-                self.emit(DatapathEvent::Local(event));
+                self.emit(DatapathEvent::Local { worker: self.worker, event });
             }
         }
         Ok(self.taps)
@@ -492,7 +612,7 @@ impl Datapath {
     fn answer(&mut self, now: Instant, query: Query) {
         match query {
             Query::Control(update) => self.forwarder.handle_control(update),
-            Query::Key(event) => self.forwarder.handle_key_event(event),
+            Query::Key(update) => self.forwarder.handle_sa_update(update),
             Query::CaptureStart(sink) => self.captures.start(sink),
             Query::CaptureStop(id) => self.captures.stop(id),
             Query::Snapshot(reply) => {
@@ -515,6 +635,11 @@ impl Datapath {
                     peers_overflow: self.peers.overflow,
                     sa_usage: self.forwarder.sa_usage().collect(),
                     capture_dropped: self.captures.dropped(),
+                    workers: vec![WorkerLoad {
+                        worker: self.worker,
+                        tx_datagrams: self.forwarder.stats().tx_datagrams,
+                        rx_frames: self.forwarder.stats().rx_frames,
+                    }],
                 });
             }
         }

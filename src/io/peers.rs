@@ -22,6 +22,16 @@ pub struct PeerTraffic {
     pub rx_bytes: u64,
 }
 
+impl PeerTraffic {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &PeerTraffic) {
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+    }
+}
+
 /// The table.
 #[derive(Debug)]
 pub struct PeerCounters {

@@ -22,6 +22,7 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -87,9 +88,32 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Creates (or attaches to) the TAP device `name`. With `offload`, the TAP carries virtio-net headers and
-    /// accepts TSO/USO superframes and partial checksums; if the kernel refuses, it falls back to plain frames.
+    /// Creates the TAP device `name` with `queues` queues (`IFF_MULTI_QUEUE` when more than one), one descriptor
+    /// each, so each data-path worker reads and writes its own. The kernel steers the frames it hands the TAP by
+    /// flow hash, and sends a flow's frames to the queue that last wrote that flow, so a flow stays on one worker.
+    /// With `offload`, the TAP carries virtio-net headers and accepts TSO/USO superframes and partial checksums; if
+    /// the kernel refuses, it falls back to plain frames.
+    pub fn open_queues(name: &str, offload: bool, queues: usize) -> Result<Vec<Self>, TapError> {
+        let multi = queues > 1;
+        let mut taps: Vec<Self> = Vec::with_capacity(queues);
+        for _ in 0..queues.max(1) {
+            let tap = Self::open_one(name, offload, multi)?;
+            // Every queue must agree on the header; the first decides.
+            if taps.first().is_some_and(|first| first.offloads != tap.offloads) {
+                let source = io::Error::other("the TAP's queues disagree on offloads");
+                return Err(TapError::Io { name: name.into(), source });
+            }
+            taps.push(tap);
+        }
+        Ok(taps)
+    }
+
+    /// Creates (or attaches to) the single-queue TAP device `name`; see [`Tap::open_queues`].
     pub fn open(name: &str, offload: bool) -> Result<Self, TapError> {
+        Self::open_one(name, offload, false)
+    }
+
+    fn open_one(name: &str, offload: bool, multi_queue: bool) -> Result<Self, TapError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TapError::Io { name: name.into(), source: io::Error::from(io::ErrorKind::InvalidInput) });
         }
@@ -103,7 +127,10 @@ impl Tap {
                 io::ErrorKind::PermissionDenied => TapError::PermissionDenied { name: name.into() },
                 _ => TapError::Io { name: name.into(), source: e },
             })?;
-        let flags = IFF_TAP | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 };
+        let flags = IFF_TAP
+            | IFF_NO_PI
+            | if offload { IFF_VNET_HDR } else { 0 }
+            | if multi_queue { IFF_MULTI_QUEUE } else { 0 };
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly sized, initialised ifreq that

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use std::os::fd::AsRawFd;
 
@@ -47,7 +48,8 @@ pub struct Underlay {
     pub vxlan: UdpSocket,
     /// ESP-in-UDP arrives here.
     pub esp: UdpSocket,
-    send: Vec<UdpSocket>,
+    /// The send pool, shared by every worker: a flow's outer source port is the same whichever worker reads it.
+    send: Arc<[UdpSocket]>,
     vxlan_port: u16,
     esp_port: u16,
     batching: Batching,
@@ -56,16 +58,41 @@ pub struct Underlay {
 impl Underlay {
     /// Opens the sockets on `addr`, receiving VXLAN on `vxlan_port` and ESP on `esp_port`.
     pub fn open(addr: IpAddr, vxlan_port: u16, esp_port: u16) -> Result<Self, UnderlayError> {
+        Ok(Self::open_workers(addr, vxlan_port, esp_port, 1)?.remove(0))
+    }
+
+    /// One set of sockets per data-path worker. With more than one, the receive sockets of a port form an
+    /// SO_REUSEPORT group: the kernel picks one per datagram by hashing the outer addresses and ports, and the
+    /// outer source port follows the inner flow, so each flow lands on one worker. The send pool is one for all
+    /// workers (concurrent sends on a UDP socket are safe), so a flow keeps its source port, and its receiving
+    /// worker at the far end, even when this host's TAP hands it to another worker. Before the group is made, each
+    /// port is bound once without SO_REUSEPORT, so a port another program (or another weft) holds is still refused.
+    pub fn open_workers(
+        addr: IpAddr,
+        vxlan_port: u16,
+        esp_port: u16,
+        workers: usize,
+    ) -> Result<Vec<Self>, UnderlayError> {
+        let reuse = workers > 1;
         let bind = |port| {
             let listen = SocketAddr::new(addr, port);
-            socket(listen, false).map_err(|source| UnderlayError::Bind { addr: listen, source })
+            socket(listen, false, reuse).map_err(|source| UnderlayError::Bind { addr: listen, source })
         };
-        let (vxlan, esp) = (bind(vxlan_port)?, bind(esp_port)?);
-        let send = (0..SEND_POOL)
-            .map(|_| socket(SocketAddr::new(addr, 0), true))
-            .collect::<io::Result<Vec<_>>>()
+        if reuse {
+            // The probe closes before the group binds: a taken port fails here with the usual error.
+            drop((bind_exclusive(addr, vxlan_port)?, bind_exclusive(addr, esp_port)?));
+        }
+        let send: Arc<[UdpSocket]> = (0..SEND_POOL)
+            .map(|_| socket(SocketAddr::new(addr, 0), true, false))
+            .collect::<io::Result<_>>()
             .map_err(|source| UnderlayError::Socket { addr, source })?;
-        Ok(Self { vxlan, esp, send, vxlan_port, esp_port, batching: Batching::default() })
+        (0..workers.max(1))
+            .map(|_| {
+                let (vxlan, esp) = (bind(vxlan_port)?, bind(esp_port)?);
+                let send = send.clone();
+                Ok(Self { vxlan, esp, send, vxlan_port, esp_port, batching: Batching::default() })
+            })
+            .collect()
     }
 
     /// Sends `datagram` to `vtep` on the VXLAN or the ESP port, from the pool socket `flow` selects.
@@ -75,10 +102,18 @@ impl Underlay {
     }
 }
 
-fn socket(addr: SocketAddr, blocking: bool) -> io::Result<UdpSocket> {
+fn bind_exclusive(addr: IpAddr, port: u16) -> Result<UdpSocket, UnderlayError> {
+    let listen = SocketAddr::new(addr, port);
+    socket(listen, false, false).map_err(|source| UnderlayError::Bind { addr: listen, source })
+}
+
+fn socket(addr: SocketAddr, blocking: bool, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     // Larger buffers absorb bursts of a TCP window; failing to get them is not fatal.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);

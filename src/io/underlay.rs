@@ -62,6 +62,22 @@ pub struct UnderlayStats {
     pub xsk_fill_empty: u64,
 }
 
+impl UnderlayStats {
+    /// Adds another worker's counters to these (the modes are the same for every worker).
+    pub fn merge(&mut self, other: &UnderlayStats) {
+        self.xsk_sockets += other.xsk_sockets;
+        self.xsk_rx += other.xsk_rx;
+        self.xsk_tx += other.xsk_tx;
+        self.xsk_rx_malformed += other.xsk_rx_malformed;
+        self.neighbour_misses += other.neighbour_misses;
+        self.tx_ring_full += other.tx_ring_full;
+        self.kernel_rx += other.kernel_rx;
+        self.xsk_rx_ring_full += other.xsk_rx_ring_full;
+        self.xsk_rx_dropped += other.xsk_rx_dropped;
+        self.xsk_fill_empty += other.xsk_fill_empty;
+    }
+}
+
 /// The underlay as the worker uses it.
 pub trait UnderlayIo: Send + fmt::Debug {
     /// The descriptors to poll for input; the index of a ready one is the `source` for [`Self::recv`].
