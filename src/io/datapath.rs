@@ -7,6 +7,13 @@
 //! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
 //! other way, to the control plane.
 //!
+//! Copies: a plaintext TSO superframe is not cut into a copy. Each segment's headers (VXLAN and the rewritten inner
+//! headers) go into a header arena and the datagrams leave gathered from those blocks and the payload in place in
+//! the superframe, one UDP GSO `sendmsg` per 64 segments ([`offload::segment_gather`]). Encrypted networks keep the
+//! copy: the seal works in place on contiguous plaintext. On receive, segments stay where they landed in the worker's
+//! receive buffer and the coalesced superframe goes to the TAP with one `writev` of its header block and the payload
+//! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
+//!
 //! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, and
 //! frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
 
