@@ -2,15 +2,12 @@
 //! IPv6, and 100 MiB of random bytes over TCP in each direction, checked by sha256. docs/interop.md describes the
 //! kernel side.
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use weft_integration::weft::{counter, query, sha256, start_weft, tcp_listening, wait_exit, WeftConfig};
-use weft_integration::{exec_stdout, ping, ping_until, Container, Lab};
+use anyhow::{ensure, Result};
+use weft_integration::weft::{counter, query, random_file, sha256, start_weft, transfer, WeftConfig};
+use weft_integration::{exec_stdout, ping, ping_until, Lab};
 
 const VNI: u32 = 100;
 /// Bytes sent each way: at least 100 MB.
@@ -56,21 +53,13 @@ fn weft_and_kernel_vxlan_interoperate() -> Result<()> {
         }
     }
 
-    let file = lab.dir().join("random.bin");
-    let random = File::create(&file)?;
-    let status = Command::new("head")
-        .args(["-c", &TRANSFER_BYTES.to_string(), "/dev/urandom"])
-        .stdin(Stdio::null())
-        .stdout(random)
-        .status()
-        .context("running head")?;
-    ensure!(status.success(), "head -c /dev/urandom failed: {status}");
+    let file = random_file(&lab, "random.bin", TRANSFER_BYTES)?;
     let expected = sha256(&file)?;
 
     let before = query(&lab, 1, "stats")?;
-    transfer(&lab, &weft_side, &kernel_side, &file, "to-kernel.bin", &expected)?;
+    transfer(&lab, &weft_side, &kernel_side, &file, "to-kernel.bin", &expected, TRANSFER_TIMEOUT)?;
     let middle = query(&lab, 1, "stats")?;
-    transfer(&lab, &kernel_side, &weft_side, &file, "to-weft.bin", &expected)?;
+    transfer(&lab, &kernel_side, &weft_side, &file, "to-weft.bin", &expected, TRANSFER_TIMEOUT)?;
     let after = query(&lab, 1, "stats")?;
 
     // The bytes really went through weft: its inner byte counters grew by at least the file's size each way.
@@ -81,34 +70,5 @@ fn weft_and_kernel_vxlan_interoperate() -> Result<()> {
         received >= TRANSFER_BYTES,
         "weft received {received} inner bytes during the transfer from the kernel side"
     );
-    Ok(())
-}
-
-/// Sends `file` over TCP from `from` to `to` with socat and checks that what arrives has the sha256 `expected`.
-fn transfer(lab: &Lab, from: &Container, to: &Container, file: &Path, name: &str, expected: &str) -> Result<()> {
-    const PORT: u16 = 5001;
-    let out = lab.dir().join(name);
-    let listen = format!("TCP-LISTEN:{PORT},reuseaddr");
-    let create = format!("CREATE:{}", out.display());
-    let receiver = lab.spawn(&to.ns, &["socat", "-u", &listen, &create])?;
-    weft_integration::wait_until(Duration::from_secs(5), "socat to listen", || tcp_listening(&to.ns, PORT))?;
-
-    let start = Instant::now();
-    let open = format!("OPEN:{}", file.display());
-    let connect = format!("TCP:{}:{PORT}", to.ipv4);
-    let limit = TRANSFER_TIMEOUT.as_secs().to_string();
-    exec_stdout(&from.ns, &["timeout", &limit, "socat", "-u", &open, &connect])
-        .with_context(|| format!("sending {} from {} to {}", file.display(), from.ns, to.ns))?;
-    let left = TRANSFER_TIMEOUT.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
-    let (status, log) = wait_exit(&receiver, left)?;
-    ensure!(status.success(), "receiving socat in {} failed ({status}): {log}", to.ns);
-    let elapsed = start.elapsed();
-    eprintln!("{} -> {}: {TRANSFER_BYTES} bytes in {elapsed:.2?}", from.ns, to.ns);
-
-    let size = std::fs::metadata(&out)?.len();
-    ensure!(size == TRANSFER_BYTES, "{} -> {}: {size} of {TRANSFER_BYTES} bytes arrived", from.ns, to.ns);
-    let got = sha256(&out)?;
-    ensure!(got == expected, "{} -> {}: sha256 {got}, sent {expected}", from.ns, to.ns);
-    std::fs::remove_file(&out)?;
     Ok(())
 }

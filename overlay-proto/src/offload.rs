@@ -271,85 +271,29 @@ fn segment_l4(
     stride: usize,
     lens: &mut [usize],
 ) -> Result<usize, OffloadError> {
-    if hdr.gso_size == 0 {
-        return Err(OffloadError::ZeroGsoSize);
-    }
-    let ip_protocol = match transport {
-        Transport::Tcp => protocol::TCP,
-        Transport::Udp => protocol::UDP,
-    };
-    let layout = Layout::parse(frame, ip_protocol)?;
-    let version_matches = matches!(
-        (hdr.gso_type & !gso::ECN, layout.addrs),
-        (gso::TCPV4, Addrs::V4(..)) | (gso::TCPV6, Addrs::V6(..)) | (gso::UDP_L4, _)
-    );
-    if !version_matches {
-        return Err(OffloadError::UnsupportedPacket);
-    }
-    // The TCP fields each segment derives from the superframe's; unused for UDP.
-    let (l4_header_len, checksum_offset, first_seq, first_flags) = match transport {
-        Transport::Tcp => {
-            let packet = tcp::Packet::new_checked(&frame[layout.l4..]).map_err(|_| OffloadError::BadHeader)?;
-            (packet.header_len(), tcp::CHECKSUM_OFFSET, packet.seq_number(), packet.flags())
-        }
-        Transport::Udp => {
-            let packet = udp::Packet::new_checked(&frame[layout.l4..]).map_err(|error| match error {
-                WireError::Truncated if frame.len() - layout.l4 >= udp::HEADER_LEN => OffloadError::InconsistentLengths,
-                _ => OffloadError::BadHeader,
-            })?;
-            if usize::from(packet.len()) != frame.len() - layout.l4 {
-                return Err(OffloadError::InconsistentLengths);
-            }
-            (udp::HEADER_LEN, UDP_CHECKSUM_OFFSET, 0, 0)
-        }
-    };
-    // The kernel always asks for the checksum with GSO; when it does, it must name the one we are about to fill.
-    if hdr.flags & flags::NEEDS_CSUM != 0
-        && (usize::from(hdr.csum_start) != layout.l4 || usize::from(hdr.csum_offset) != checksum_offset)
-    {
-        return Err(OffloadError::BadHeader);
-    }
+    let plan = Plan::new(hdr, frame, transport)?;
+    let longest = plan.header_len + plan.payload_len.min(plan.size);
+    check_output(out.len(), offset, stride, lens.len(), plan.count, longest)?;
 
-    let header_len = layout.l4 + l4_header_len;
-    let payload_len = frame.len() - header_len;
-    let size = usize::from(hdr.gso_size);
-    // A superframe without payload (which no stack sends) still yields its headers once.
-    let count = payload_len.div_ceil(size).max(1);
-    check_output(out.len(), offset, stride, lens.len(), count, header_len + payload_len.min(size))?;
-
-    let (headers, payload) = frame.split_at(header_len);
-    for (index, len) in lens.iter_mut().enumerate().take(count) {
-        let chunk = &payload[(index * size).min(payload_len)..((index + 1) * size).min(payload_len)];
-        let segment = &mut out[segment_range(offset, stride, index, header_len + chunk.len())];
-        segment[..header_len].copy_from_slice(headers);
-        segment[header_len..].copy_from_slice(chunk);
-        // The identification counts up per segment like the kernel's own GSO (inet_gso_segment); over 65535
-        // segments it wraps, which IPv4 identification does anyway.
-        layout.fix_ip_header(segment, index as u16);
-        let l4 = &mut segment[layout.l4..];
-        match transport {
+    let (headers, payload) = frame.split_at(plan.header_len);
+    for (index, len) in lens.iter_mut().enumerate().take(plan.count) {
+        let chunk = &payload[plan.chunk(index)];
+        let segment = &mut out[segment_range(offset, stride, index, plan.header_len + chunk.len())];
+        segment[..plan.header_len].copy_from_slice(headers);
+        segment[plan.header_len..].copy_from_slice(chunk);
+        plan.rewrite(segment, index, chunk.len());
+        let l4 = &mut segment[plan.layout.l4..];
+        match plan.transport {
             Transport::Tcp => {
                 let mut packet = tcp::Packet::new_unchecked(l4);
-                // The offset of a payload byte fits in 32 bits: the superframe's IP length field has 16.
-                packet.set_seq_number(first_seq.wrapping_add((index * size) as u32));
-                let mut segment_flags = first_flags;
-                if index + 1 < count {
-                    segment_flags &= !(tcp::flags::FIN | tcp::flags::PSH);
-                }
-                if index > 0 {
-                    segment_flags &= !tcp::flags::CWR;
-                }
-                packet.set_flags(segment_flags);
-                match &layout.addrs {
+                match &plan.layout.addrs {
                     Addrs::V4(src, dst) => packet.fill_checksum_v4(*src, *dst),
                     Addrs::V6(src, dst) => packet.fill_checksum_v6(src, dst),
                 }
             }
             Transport::Udp => {
                 let mut packet = udp::Packet::new_unchecked(l4);
-                // At most the superframe's UDP length, which fits its 16-bit field.
-                packet.set_len((udp::HEADER_LEN + chunk.len()) as u16);
-                match &layout.addrs {
+                match &plan.layout.addrs {
                     Addrs::V4(src, dst) => packet.fill_checksum_v4(*src, *dst),
                     Addrs::V6(src, dst) => packet.fill_checksum_v6(src, dst),
                 }
@@ -357,7 +301,196 @@ fn segment_l4(
         }
         *len = segment.len();
     }
-    Ok(count)
+    Ok(plan.count)
+}
+
+/// How [`segment_gather`] laid out a superframe's segments: a header block per segment in the caller's arena, the
+/// payloads left where they are in the superframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gather {
+    /// Number of segments.
+    pub count: usize,
+    /// Bytes per header block: the caller's `front` bytes, then the segment's own headers. Block `i` is
+    /// `arena[i * block..(i + 1) * block]`.
+    pub block: usize,
+}
+
+/// [`segment`] without copying the payload: for each segment writes a header block into `arena` (`front` bytes
+/// left for the caller, typically the VXLAN header, then the segment's Ethernet, IP and TCP or UDP headers with
+/// every checksum complete) and puts into `payloads[i]` the range of `frame` that follows those headers on the wire.
+/// Segment `i` is `arena[i * block + front..(i + 1) * block]` followed by `frame[payloads[i]]`, byte for byte what
+/// [`segment`] writes into its slot `i`; the caller sends the two pieces with one gathering system call.
+///
+/// The payload is read once, for its checksum, and not copied. A frame that is not a superframe ([`gso::NONE`]) is
+/// copied whole into its block (its checksum completed), with an empty payload range. Nothing is written unless
+/// every block fits in `arena` and `payloads` has an entry per segment ([`OffloadError::OutputTooSmall`]).
+pub fn segment_gather(
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    front: usize,
+    arena: &mut [u8],
+    payloads: &mut [Range<usize>],
+) -> Result<Gather, OffloadError> {
+    let ecn = hdr.gso_type & gso::ECN != 0;
+    let transport = match (hdr.gso_type & !gso::ECN, ecn) {
+        (gso::NONE, false) => {
+            if hdr.flags & flags::NEEDS_CSUM != 0 {
+                checksum_field(hdr, frame.len())?;
+            }
+            let block = front + frame.len();
+            if block > arena.len() || payloads.is_empty() {
+                return Err(OffloadError::OutputTooSmall);
+            }
+            arena[front..block].copy_from_slice(frame);
+            complete_checksum(hdr, &mut arena[front..block])?;
+            payloads[0] = frame.len()..frame.len();
+            return Ok(Gather { count: 1, block });
+        }
+        (gso::TCPV4 | gso::TCPV6, _) => Transport::Tcp,
+        (gso::UDP_L4, false) => Transport::Udp,
+        _ => return Err(OffloadError::UnsupportedGsoType(hdr.gso_type)),
+    };
+    let plan = Plan::new(hdr, frame, transport)?;
+    let block = front + plan.header_len;
+    let fits = plan.count.checked_mul(block).is_some_and(|total| total <= arena.len());
+    if !fits || payloads.len() < plan.count {
+        return Err(OffloadError::OutputTooSmall);
+    }
+    let headers = &frame[..plan.header_len];
+    for (index, payload) in payloads.iter_mut().enumerate().take(plan.count) {
+        let chunk = plan.chunk(index);
+        let chunk = plan.header_len + chunk.start..plan.header_len + chunk.end;
+        let segment = &mut arena[index * block + front..(index + 1) * block];
+        segment.copy_from_slice(headers);
+        plan.rewrite_with_len(segment, plan.header_len + chunk.len(), index, chunk.len());
+        // The L4 header's length is a multiple of 2 (TCP's of 4, UDP's is 8), so the payload's words line up with
+        // the segment's and the two sums add.
+        let l4_len = plan.header_len - plan.layout.l4 + chunk.len();
+        let (protocol, checksum_at) = match plan.transport {
+            Transport::Tcp => (protocol::TCP, tcp::CHECKSUM_OFFSET),
+            Transport::Udp => (protocol::UDP, UDP_CHECKSUM_OFFSET),
+        };
+        let field = plan.layout.l4 + checksum_at..plan.layout.l4 + checksum_at + 2;
+        segment[field.clone()].fill(0);
+        let sum = checksum::combine(&[
+            plan.layout.addrs.pseudo_header(protocol, l4_len),
+            checksum::data(&segment[plan.layout.l4..]),
+            checksum::data(&frame[chunk.clone()]),
+        ]);
+        let value = match (!sum, plan.transport) {
+            // A computed 0 means "no checksum" to UDP (RFC 768): it is sent as 0xffff, as udp::Packet does.
+            (0, Transport::Udp) => 0xffff,
+            (value, _) => value,
+        };
+        segment[field].copy_from_slice(&value.to_be_bytes());
+        *payload = chunk;
+    }
+    Ok(Gather { count: plan.count, block })
+}
+
+/// What [`segment`] and [`segment_gather`] derive once from a superframe: where its headers end, how its payload
+/// splits, and the TCP fields each segment's own are computed from.
+struct Plan {
+    layout: Layout,
+    transport: Transport,
+    /// Ethernet, IP and L4 headers.
+    header_len: usize,
+    payload_len: usize,
+    /// Payload bytes per segment (`gso_size`).
+    size: usize,
+    count: usize,
+    first_seq: u32,
+    first_flags: u8,
+}
+
+impl Plan {
+    fn new(hdr: &VirtioNetHdr, frame: &[u8], transport: Transport) -> Result<Self, OffloadError> {
+        if hdr.gso_size == 0 {
+            return Err(OffloadError::ZeroGsoSize);
+        }
+        let ip_protocol = match transport {
+            Transport::Tcp => protocol::TCP,
+            Transport::Udp => protocol::UDP,
+        };
+        let layout = Layout::parse(frame, ip_protocol)?;
+        let version_matches = matches!(
+            (hdr.gso_type & !gso::ECN, layout.addrs),
+            (gso::TCPV4, Addrs::V4(..)) | (gso::TCPV6, Addrs::V6(..)) | (gso::UDP_L4, _)
+        );
+        if !version_matches {
+            return Err(OffloadError::UnsupportedPacket);
+        }
+        // The TCP fields each segment derives from the superframe's; unused for UDP.
+        let (l4_header_len, checksum_offset, first_seq, first_flags) = match transport {
+            Transport::Tcp => {
+                let packet = tcp::Packet::new_checked(&frame[layout.l4..]).map_err(|_| OffloadError::BadHeader)?;
+                (packet.header_len(), tcp::CHECKSUM_OFFSET, packet.seq_number(), packet.flags())
+            }
+            Transport::Udp => {
+                let packet = udp::Packet::new_checked(&frame[layout.l4..]).map_err(|error| match error {
+                    WireError::Truncated if frame.len() - layout.l4 >= udp::HEADER_LEN => {
+                        OffloadError::InconsistentLengths
+                    }
+                    _ => OffloadError::BadHeader,
+                })?;
+                if usize::from(packet.len()) != frame.len() - layout.l4 {
+                    return Err(OffloadError::InconsistentLengths);
+                }
+                (udp::HEADER_LEN, UDP_CHECKSUM_OFFSET, 0, 0)
+            }
+        };
+        // The kernel always asks for the checksum with GSO; when it does, it must name the one we are about to fill.
+        if hdr.flags & flags::NEEDS_CSUM != 0
+            && (usize::from(hdr.csum_start) != layout.l4 || usize::from(hdr.csum_offset) != checksum_offset)
+        {
+            return Err(OffloadError::BadHeader);
+        }
+        let header_len = layout.l4 + l4_header_len;
+        let payload_len = frame.len() - header_len;
+        let size = usize::from(hdr.gso_size);
+        // A superframe without payload (which no stack sends) still yields its headers once.
+        let count = payload_len.div_ceil(size).max(1);
+        Ok(Self { layout, transport, header_len, payload_len, size, count, first_seq, first_flags })
+    }
+
+    /// Segment `index`'s payload, as a range of the superframe's payload.
+    fn chunk(&self, index: usize) -> Range<usize> {
+        (index * self.size).min(self.payload_len)..((index + 1) * self.size).min(self.payload_len)
+    }
+
+    /// Rewrites the headers copied from the superframe at the start of `segment` (the whole segment) for segment
+    /// `index` carrying `chunk_len` payload bytes; the L4 checksum is left to the caller.
+    fn rewrite(&self, segment: &mut [u8], index: usize, chunk_len: usize) {
+        let len = segment.len();
+        self.rewrite_with_len(segment, len, index, chunk_len);
+    }
+
+    /// [`rewrite`](Self::rewrite) for headers alone (`headers`), of a segment `segment_len` bytes long.
+    fn rewrite_with_len(&self, headers: &mut [u8], segment_len: usize, index: usize, chunk_len: usize) {
+        // The identification counts up per segment like the kernel's own GSO (inet_gso_segment); over 65535
+        // segments it wraps, which IPv4 identification does anyway.
+        self.layout.fix_ip_header_len(headers, segment_len, index as u16);
+        let l4 = &mut headers[self.layout.l4..];
+        match self.transport {
+            Transport::Tcp => {
+                let mut packet = tcp::Packet::new_unchecked(l4);
+                // The offset of a payload byte fits in 32 bits: the superframe's IP length field has 16.
+                packet.set_seq_number(self.first_seq.wrapping_add((index * self.size) as u32));
+                let mut segment_flags = self.first_flags;
+                if index + 1 < self.count {
+                    segment_flags &= !(tcp::flags::FIN | tcp::flags::PSH);
+                }
+                if index > 0 {
+                    segment_flags &= !tcp::flags::CWR;
+                }
+                packet.set_flags(segment_flags);
+            }
+            Transport::Udp => {
+                // At most the superframe's UDP length, which fits its 16-bit field.
+                udp::Packet::new_unchecked(l4).set_len((udp::HEADER_LEN + chunk_len) as u16);
+            }
+        }
+    }
 }
 
 /// Checks that `count` slots of `stride` bytes fit in `out_len`, that a frame of `longest` bytes fits in a slot
@@ -461,21 +594,22 @@ impl Layout {
         }
     }
 
-    /// Rewrites the IP length of a frame of `frame.len()` bytes whose headers were copied from this layout's
-    /// frame: the IPv4 total length, identification (plus `ident_step`) and header checksum, or the IPv6 payload
-    /// length. The lengths fit their 16-bit fields: frames never outgrow the IP packet they were cut from or
+    /// Rewrites the IP length of a frame of `frame_len` bytes whose headers, in `headers` (the payload may lie
+    /// elsewhere), were copied from this layout's frame: the IPv4 total length, identification (plus `ident_step`)
+    /// and header checksum, or the IPv6 payload length. The lengths fit their 16-bit fields: frames never outgrow the IP packet they were cut from or
     /// checked against.
-    fn fix_ip_header(&self, frame: &mut [u8], ident_step: u16) {
-        let ip_len = frame.len() - self.l3;
+    fn fix_ip_header_len(&self, headers: &mut [u8], frame_len: usize, ident_step: u16) {
+        let ip_len = frame_len - self.l3;
         match self.addrs {
             Addrs::V4(..) => {
-                let mut packet = ipv4::Packet::new_unchecked(&mut frame[self.l3..]);
+                let mut packet = ipv4::Packet::new_unchecked(&mut headers[self.l3..]);
                 packet.set_total_len(ip_len as u16);
                 packet.set_ident(packet.ident().wrapping_add(ident_step));
                 packet.fill_checksum();
             }
             Addrs::V6(..) => {
-                ipv6::Packet::new_unchecked(&mut frame[self.l3..]).set_payload_len((ip_len - ipv6::HEADER_LEN) as u16);
+                ipv6::Packet::new_unchecked(&mut headers[self.l3..])
+                    .set_payload_len((ip_len - ipv6::HEADER_LEN) as u16);
             }
         }
     }
@@ -612,35 +746,67 @@ impl Coalescer {
         let Some(candidate) = Candidate::parse(frame) else {
             return Push::NotMergeable;
         };
-        let Some(layout) = self.layout else {
-            return self.start(buf, frame, &candidate, verify);
-        };
+        if self.layout.is_none() {
+            if VirtioNetHdr::LEN + frame.len() > buf.len() || (verify && !candidate.verify(frame)) {
+                return Push::NotMergeable;
+            }
+            buf[VirtioNetHdr::LEN..VirtioNetHdr::LEN + frame.len()].copy_from_slice(frame);
+            self.begin(&candidate, frame.len());
+            return Push::Appended;
+        }
         let end = VirtioNetHdr::LEN + self.len;
+        let first = VirtioNetHdr::LEN..VirtioNetHdr::LEN + self.header_len;
+        if !self.admits(&buf[first.clone()], frame, &candidate, verify, buf.len() - VirtioNetHdr::LEN) {
+            return Push::NotMergeable;
+        }
+        buf[end..end + candidate.payload_len].copy_from_slice(&frame[candidate.header_len..]);
+        self.append(&mut buf[first], &candidate);
+        Push::Appended
+    }
+
+    /// Whether `frame` (parsed as `candidate`) may join the superframe whose first segment's headers are `first`,
+    /// in `room` bytes of superframe at most.
+    fn admits(&self, first: &[u8], frame: &[u8], candidate: &Candidate, verify: bool, room: usize) -> bool {
+        let Some(layout) = self.layout else {
+            return false;
+        };
         let new_len = self.len + candidate.payload_len;
         // IPv4 limits the total length to 16 bits, IPv6 the payload after its fixed header.
         let ip_len = match layout.addrs {
             Addrs::V4(..) => new_len - layout.l3,
             Addrs::V6(..) => new_len - layout.l3 - ipv6::HEADER_LEN,
         };
-        let mergeable = !self.closed
+        !self.closed
             && candidate.payload_len <= self.segment_size
             && ip_len <= MAX_IP_LEN
-            && VirtioNetHdr::LEN + new_len <= buf.len()
-            && self.matches(&buf[VirtioNetHdr::LEN..end], frame, &candidate)
-            && (!verify || candidate.verify(frame));
-        if !mergeable {
-            return Push::NotMergeable;
-        }
-        buf[end..end + candidate.payload_len].copy_from_slice(&frame[candidate.header_len..]);
+            && new_len <= room
+            && self.matches(first, frame, candidate)
+            && (!verify || candidate.verify(frame))
+    }
+
+    /// Starts a superframe with a frame of `len` bytes, `candidate`.
+    fn begin(&mut self, candidate: &Candidate, len: usize) {
+        *self = Self {
+            layout: Some(candidate.layout),
+            len,
+            header_len: candidate.header_len,
+            segment_size: candidate.payload_len,
+            next_seq: candidate.seq.wrapping_add(candidate.payload_len as u32),
+            count: 1,
+            closed: candidate.psh,
+        };
+    }
+
+    /// Accounts for `candidate`'s payload joining the superframe whose first headers are `first`.
+    fn append(&mut self, first: &mut [u8], candidate: &Candidate) {
         if candidate.psh {
-            let mut first = tcp::Packet::new_unchecked(&mut buf[VirtioNetHdr::LEN + candidate.layout.l4..end]);
+            let mut first = tcp::Packet::new_unchecked(&mut first[candidate.layout.l4..]);
             first.set_flags(first.flags() | tcp::flags::PSH);
         }
-        self.len = new_len;
+        self.len += candidate.payload_len;
         self.next_seq = candidate.seq.wrapping_add(candidate.payload_len as u32);
         self.count += 1;
         self.closed = candidate.psh || candidate.payload_len < self.segment_size;
-        Push::Appended
     }
 
     /// Completes the superframe: writes the virtio header (GSO TCPV4/TCPV6 with gso_size = first segment's payload
@@ -652,16 +818,23 @@ impl Coalescer {
     /// # Panics
     /// If `buf` is shorter than the `buf` given to [`push`](Self::push).
     pub fn finish(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.finish_headers(buf).map(|(total, _)| total)
+    }
+
+    /// [`finish`](Self::finish) touching only the virtio-net header and the first segment's headers at the start of
+    /// `buf`; returns the total length and the length of that header block.
+    fn finish_headers(&mut self, buf: &mut [u8]) -> Option<(usize, usize)> {
         let layout = self.layout?;
         let state = std::mem::take(self);
         let total = VirtioNetHdr::LEN + state.len;
+        let block = VirtioNetHdr::LEN + state.header_len;
         let hdr = if state.count == 1 {
             VirtioNetHdr::default()
         } else {
-            let frame = &mut buf[VirtioNetHdr::LEN..total];
-            layout.fix_ip_header(frame, 0);
+            let headers = &mut buf[VirtioNetHdr::LEN..block];
+            layout.fix_ip_header_len(headers, state.len, 0);
             let pseudo_header = layout.addrs.pseudo_header(protocol::TCP, state.len - layout.l4);
-            tcp::Packet::new_unchecked(&mut frame[layout.l4..]).set_checksum(pseudo_header);
+            tcp::Packet::new_unchecked(&mut headers[layout.l4..]).set_checksum(pseudo_header);
             // The header lengths and offsets fit in 16 bits: at most 18 + 40 + 60 bytes of headers, and a
             // segment size bounded by the IP length field.
             VirtioNetHdr {
@@ -677,25 +850,7 @@ impl Coalescer {
             }
         };
         hdr.emit(&mut buf[..VirtioNetHdr::LEN]);
-        Some(total)
-    }
-
-    /// Starts a superframe with `frame`.
-    fn start(&mut self, buf: &mut [u8], frame: &[u8], candidate: &Candidate, verify: bool) -> Push {
-        if VirtioNetHdr::LEN + frame.len() > buf.len() || (verify && !candidate.verify(frame)) {
-            return Push::NotMergeable;
-        }
-        buf[VirtioNetHdr::LEN..VirtioNetHdr::LEN + frame.len()].copy_from_slice(frame);
-        *self = Self {
-            layout: Some(candidate.layout),
-            len: frame.len(),
-            header_len: candidate.header_len,
-            segment_size: candidate.payload_len,
-            next_seq: candidate.seq.wrapping_add(candidate.payload_len as u32),
-            count: 1,
-            closed: candidate.psh,
-        };
-        Push::Appended
+        Some((total, block))
     }
 
     /// Whether `frame` continues the flow of the superframe `first` (its headers are the first segment's).
@@ -745,6 +900,93 @@ impl Coalescer {
             && a.ack_number() == b.ack_number()
             && a.window() == b.window()
             && a.options() == b.options()
+    }
+}
+
+/// Most payload pieces a [`GatherCoalescer`] holds: with the header block, one `writev` of UIO_MAXIOV (1024) iovecs.
+pub const GATHER_SEGMENTS: usize = 1023;
+
+/// Room a [`GatherCoalescer`]'s header block needs: the virtio-net header, Ethernet with a VLAN tag, IPv4 with
+/// options (or IPv6) and TCP with options.
+pub const GATHER_HEAD: usize = VirtioNetHdr::LEN + 18 + 60 + 60;
+
+/// A [`Coalescer`] that copies only headers: the superframe is described as a header block (the virtio-net header
+/// and the first segment's headers, fixed up, in the caller's `head`) followed by payload ranges that stay where the
+/// segments were received, for one gathering write (`writev`) to the TAP. It merges exactly what [`Coalescer`]
+/// merges, and the gathered bytes are exactly what [`Coalescer::finish`] leaves in its buffer.
+///
+/// The ranges point into the caller's receive buffer (`rx`), which must not be written between the first
+/// [`push`](Self::push) and [`finish`](Self::finish): pass the same `rx` and `head` to every call, and finish before
+/// receiving into that part of `rx` again.
+#[derive(Debug, Clone)]
+pub struct GatherCoalescer {
+    state: Coalescer,
+    /// Where each merged segment's payload lies in `rx`, the first segment's first. Preallocated.
+    payloads: Vec<Range<usize>>,
+}
+
+impl Default for GatherCoalescer {
+    fn default() -> Self {
+        Self { state: Coalescer::new(), payloads: Vec::with_capacity(GATHER_SEGMENTS) }
+    }
+}
+
+impl GatherCoalescer {
+    /// An empty coalescer, its range list allocated once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether no segment is pending.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// [`Coalescer::push`] for the frame at `rx[frame]`; `head` holds at least [`GATHER_HEAD`] bytes.
+    pub fn push(&mut self, head: &mut [u8], rx: &[u8], frame: Range<usize>) -> Push {
+        self.push_checked(head, rx, frame, true)
+    }
+
+    /// [`Coalescer::push_authenticated`] for the frame at `rx[frame]`.
+    pub fn push_authenticated(&mut self, head: &mut [u8], rx: &[u8], frame: Range<usize>) -> Push {
+        self.push_checked(head, rx, frame, false)
+    }
+
+    fn push_checked(&mut self, head: &mut [u8], rx: &[u8], frame: Range<usize>, verify: bool) -> Push {
+        let bytes = &rx[frame.clone()];
+        let Some(candidate) = Candidate::parse(bytes) else {
+            return Push::NotMergeable;
+        };
+        let payload = frame.start + candidate.header_len..frame.end;
+        if self.state.is_empty() {
+            if VirtioNetHdr::LEN + candidate.header_len > head.len() || (verify && !candidate.verify(bytes)) {
+                return Push::NotMergeable;
+            }
+            head[VirtioNetHdr::LEN..VirtioNetHdr::LEN + candidate.header_len]
+                .copy_from_slice(&bytes[..candidate.header_len]);
+            self.state.begin(&candidate, bytes.len());
+            self.payloads.clear();
+            self.payloads.push(payload);
+            return Push::Appended;
+        }
+        let first = VirtioNetHdr::LEN..VirtioNetHdr::LEN + self.state.header_len;
+        // The payloads are not copied anywhere, so only the IP length bounds the superframe.
+        if self.payloads.len() == GATHER_SEGMENTS
+            || !self.state.admits(&head[first.clone()], bytes, &candidate, verify, usize::MAX)
+        {
+            return Push::NotMergeable;
+        }
+        self.payloads.push(payload);
+        self.state.append(&mut head[first], &candidate);
+        Push::Appended
+    }
+
+    /// Completes the superframe as [`Coalescer::finish`] does, writing only into `head`. Returns the length of the
+    /// header block at the start of `head` and the payload ranges of `rx` that follow it, in order; `None` if
+    /// empty. The coalescer is empty afterwards (the ranges stay readable until the next push).
+    pub fn finish(&mut self, head: &mut [u8]) -> Option<(usize, &[Range<usize>])> {
+        let (_, block) = self.state.finish_headers(head)?;
+        Some((block, &self.payloads))
     }
 }
 
@@ -1066,6 +1308,46 @@ mod tests {
             }
         }
         flush(&mut coalescer, &mut buf, &mut written);
+        written
+    }
+
+    /// [`run_coalesce`] through a [`GatherCoalescer`]: the frames back to back in one receive buffer, and what a
+    /// `writev` of the header block and the payload ranges would write.
+    fn run_gather_coalesce(frames: &[Vec<u8>], authenticated: bool) -> Vec<(VirtioNetHdr, Vec<u8>)> {
+        let mut rx = Vec::new();
+        let mut ranges = Vec::new();
+        for frame in frames {
+            // Some bytes between frames, as the outer headers of the datagrams that carried them.
+            rx.extend_from_slice(&[FILL; 8]);
+            ranges.push(rx.len()..rx.len() + frame.len());
+            rx.extend_from_slice(frame);
+        }
+        let mut head = [0u8; GATHER_HEAD];
+        let mut coalescer = GatherCoalescer::new();
+        let mut written = Vec::new();
+        let flush = |coalescer: &mut GatherCoalescer, head: &mut [u8], written: &mut Vec<(VirtioNetHdr, Vec<u8>)>| {
+            if let Some((block, payloads)) = coalescer.finish(head) {
+                let mut frame = head[LEN..block].to_vec();
+                for range in payloads {
+                    frame.extend_from_slice(&rx[range.clone()]);
+                }
+                written.push((VirtioNetHdr::parse(head).unwrap(), frame));
+            }
+        };
+        let push = |coalescer: &mut GatherCoalescer, head: &mut [u8], range: Range<usize>| match authenticated {
+            true => coalescer.push_authenticated(head, &rx, range),
+            false => coalescer.push(head, &rx, range),
+        };
+        for (frame, range) in frames.iter().zip(&ranges) {
+            if push(&mut coalescer, &mut head, range.clone()) == Push::NotMergeable {
+                flush(&mut coalescer, &mut head, &mut written);
+                if push(&mut coalescer, &mut head, range.clone()) == Push::NotMergeable {
+                    written.push((VirtioNetHdr::default(), frame.clone()));
+                }
+            }
+        }
+        flush(&mut coalescer, &mut head, &mut written);
+        assert!(coalescer.is_empty());
         written
     }
 
@@ -1720,6 +2002,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn gathering_coalescer_caps_its_pieces() {
+        // 1,100 one-byte segments: the copying coalescer merges them all, the gathering one stops at one writev's
+        // worth of pieces and starts a second superframe with the rest.
+        let x = Spec { flags: tcp::flags::ACK, ..Spec::v4() };
+        let payload = pattern(1100);
+        let segments = run_segment(&x.tso_hdr(1), &x.superframe(&payload)).unwrap();
+        assert_eq!(run_coalesce(&segments).len(), 1);
+        let written = run_gather_coalesce(&segments, false);
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0].1.len(), x.header_len() + GATHER_SEGMENTS);
+        let rejoined: Vec<u8> = written.iter().flat_map(|(_, frame)| frame[x.header_len()..].to_vec()).collect();
+        assert_eq!(rejoined, payload);
+    }
+
     // --- Properties ---
 
     prop_compose! {
@@ -1779,6 +2076,79 @@ mod tests {
         }
 
         #[test]
+        fn gathering_coalescer_writes_what_the_copying_one_does(
+            (x, mss, payload_len) in arb_superframe(),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
+            corrupt in proptest::option::of((any::<proptest::sample::Index>(), any::<usize>())),
+        ) {
+            // Segments of at least 64 bytes: below GATHER_SEGMENTS in a superframe, where the two must agree
+            // (`gathering_coalescer_caps_its_pieces` covers the cap).
+            let mss = mss.max(64);
+            let payload = pattern(payload_len);
+            let mut segments = run_segment(&x.tso_hdr(mss), &x.superframe(&payload)).unwrap();
+            // In order, then with some segments repeated, reordered or dropped, and sometimes one corrupted.
+            let mut frames = segments.clone();
+            frames.extend(order.iter().map(|index| segments[index.index(segments.len())].clone()));
+            if let Some((index, at)) = corrupt {
+                let count = segments.len();
+                let segment = &mut segments[index.index(count)];
+                let at = at % segment.len();
+                segment[at] ^= 0x5a;
+                frames.push(segment.clone());
+            }
+            let mut copying = Vec::new();
+            let mut buf = vec![0; LEN + 70_000];
+            let mut coalescer = Coalescer::new();
+            for frame in &frames {
+                if coalescer.push_authenticated(&mut buf, frame) == Push::NotMergeable {
+                    if let Some(len) = coalescer.finish(&mut buf) {
+                        copying.push((VirtioNetHdr::parse(&buf).unwrap(), buf[LEN..len].to_vec()));
+                    }
+                    if coalescer.push_authenticated(&mut buf, frame) == Push::NotMergeable {
+                        copying.push((VirtioNetHdr::default(), frame.clone()));
+                    }
+                }
+            }
+            if let Some(len) = coalescer.finish(&mut buf) {
+                copying.push((VirtioNetHdr::parse(&buf).unwrap(), buf[LEN..len].to_vec()));
+            }
+            prop_assert_eq!(run_gather_coalesce(&frames, false), run_coalesce(&frames));
+            prop_assert_eq!(run_gather_coalesce(&frames, true), copying);
+        }
+
+        #[test]
+        fn gathering_sends_the_bytes_segment_writes(
+            (x, mss, payload_len) in arb_superframe(),
+            kind in 0..3u8,
+            front in 0..16usize,
+        ) {
+            let payload = pattern(payload_len);
+            let (hdr, frame) = match kind {
+                0 => (x.tso_hdr(mss), x.superframe(&payload)),
+                1 => (x.uso_hdr(mss), x.udp_superframe(&payload)),
+                // A single frame with a partial checksum, as the TAP gives without GSO.
+                _ => {
+                    let single = x.superframe(&payload[..payload_len.min(1400)]);
+                    let hdr = VirtioNetHdr { gso_type: gso::NONE, gso_size: 0, ..x.tso_hdr(mss) };
+                    (hdr, single)
+                }
+            };
+            let expected = run_segment(&hdr, &frame).unwrap();
+            let mut arena = vec![FILL; expected.len() * (front + 200) + frame.len()];
+            let mut payloads = vec![0..0; expected.len()];
+            let gather = segment_gather(&hdr, &frame, front, &mut arena, &mut payloads).unwrap();
+            prop_assert_eq!(gather.count, expected.len());
+            for (index, segment) in expected.iter().enumerate() {
+                let block = &arena[index * gather.block..(index + 1) * gather.block];
+                // The caller's front bytes are left alone.
+                prop_assert!(block[..front].iter().all(|&byte| byte == FILL));
+                let gathered: Vec<u8> = block[front..].iter().chain(&frame[payloads[index].clone()]).copied().collect();
+                prop_assert_eq!(&gathered, segment);
+            }
+            prop_assert!(arena[gather.count * gather.block..].iter().all(|&byte| byte == FILL));
+        }
+
+        #[test]
         fn corrupted_superframes_do_not_panic(
             (x, mss, payload_len) in arb_superframe(),
             udp in any::<bool>(),
@@ -1801,6 +2171,9 @@ mod tests {
             if let Ok(segments) = run_segment(&hdr, &frame) {
                 prop_assert!(!segments.is_empty());
             }
+            let (mut arena, mut payloads) = (vec![0; 64 * 1024], vec![0..0; 8]);
+            let gathered = segment_gather(&hdr, &frame, 8, &mut arena, &mut payloads);
+            prop_assert_eq!(gathered.is_ok(), run_segment(&hdr, &frame).is_ok_and(|s| s.len() <= 8));
             let mut coalescer = Coalescer::new();
             let mut buf = vec![0; LEN + 8000];
             let _ = coalescer.push(&mut buf, &frame);

@@ -14,7 +14,7 @@ use overlay_proto::forward::{
     Egress, Forwarder, ForwarderConfig, Learning, NetworkConfig, RateLimit, HEADROOM, TAILROOM,
 };
 use overlay_proto::keying::KeyEvent;
-use overlay_proto::offload::{self, flags, gso, Coalescer, Push, VirtioNetHdr};
+use overlay_proto::offload::{self, flags, gso, Coalescer, GatherCoalescer, Push, VirtioNetHdr};
 use overlay_proto::{MacAddr, Vni};
 use weft_crypto::keys::{Cipher, SaKeys};
 use weft_crypto::Spi;
@@ -202,6 +202,52 @@ fn segmentation_and_coalescing_allocate_nothing() {
         }
     });
     assert_eq!(count, 0, "{count} allocations in 200 rounds of segmenting and coalescing a 64 KB superframe");
+}
+
+#[test]
+fn gathered_segmentation_and_coalescing_allocate_nothing() {
+    let superframe = tcp_frame(C1, C2, 64_000);
+    let hdr = VirtioNetHdr {
+        flags: flags::NEEDS_CSUM,
+        gso_type: gso::TCPV4,
+        hdr_len: 54,
+        gso_size: 1400,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let mut arena = vec![0u8; 64 * 160];
+    let mut payloads = vec![0..0; 64];
+    // The segments as they would arrive: each after an 8-byte VXLAN header, back to back in a receive buffer.
+    let mut rx = vec![0u8; 70 * 1500];
+    let mut frames = Vec::with_capacity(64);
+    let mut head = [0u8; offload::GATHER_HEAD];
+    let mut coalescer = GatherCoalescer::new();
+    let mut round = || {
+        let gather = offload::segment_gather(&hdr, &superframe, 8, &mut arena, &mut payloads).unwrap();
+        assert_eq!(gather.count, 46);
+        frames.clear();
+        let mut at = 0;
+        for (i, payload) in payloads[..gather.count].iter().enumerate() {
+            let headers = &arena[i * gather.block + 8..(i + 1) * gather.block];
+            let len = headers.len() + payload.len();
+            rx[at + 8..at + 8 + headers.len()].copy_from_slice(headers);
+            rx[at + 8 + headers.len()..at + 8 + len].copy_from_slice(&superframe[payload.clone()]);
+            frames.push(at + 8..at + 8 + len);
+            at += 8 + len;
+        }
+        for (i, frame) in frames.iter().enumerate() {
+            assert_eq!(coalescer.push(&mut head, &rx, frame.clone()), Push::Appended, "segment {i}");
+        }
+        let (block, ranges) = coalescer.finish(&mut head).unwrap();
+        assert_eq!(block - VirtioNetHdr::LEN + ranges.iter().map(|r| r.len()).sum::<usize>(), superframe.len());
+    };
+    round();
+    let count = allocations(|| {
+        for _ in 0..200 {
+            round();
+        }
+    });
+    assert_eq!(count, 0, "{count} allocations in 200 rounds of gathered segmenting and coalescing");
 }
 
 #[test]

@@ -7,10 +7,18 @@
 //! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
 //! other way, to the control plane.
 //!
+//! Copies: a plaintext TSO superframe is not cut into a copy. Each segment's headers (VXLAN and the rewritten inner
+//! headers) go into a header arena and the datagrams leave gathered from those blocks and the payload in place in
+//! the superframe, one UDP GSO `sendmsg` per 64 segments ([`offload::segment_gather`]). Encrypted networks keep the
+//! copy: the seal works in place on contiguous plaintext. On receive, segments stay where they landed in the worker's
+//! receive buffer and the coalesced superframe goes to the TAP with one `writev` of its header block and the payload
+//! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
+//!
 //! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, and
 //! frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -21,7 +29,9 @@ use std::time::{Duration, Instant};
 use overlay_proto::fdb::Origin;
 use overlay_proto::forward::{ControlUpdate, Egress, ForwardStats, Forwarder, Port, SaUpdate, HEADROOM, TAILROOM};
 use overlay_proto::local::LocalEvent;
-use overlay_proto::offload::{self, complete_checksum, gso, Coalescer, Push, VirtioNetHdr};
+use overlay_proto::offload::{
+    self, complete_checksum, gso, GatherCoalescer, Push, VirtioNetHdr, GATHER_HEAD, GATHER_SEGMENTS,
+};
 use overlay_proto::wire::{udp, vxlan};
 use overlay_proto::{neighbor, MacAddr, Vni};
 use weft_crypto::esp;
@@ -29,7 +39,7 @@ use weft_crypto::esp;
 use super::capture::{CaptureSink, Captures};
 use super::peers::{PeerCounters, PeerTraffic};
 use super::tap::{Tap, VNET_HDR_LEN};
-use super::underlay::{UnderlayIo, UnderlayStats};
+use super::underlay::{UnderlayIo, UnderlayStats, GATHER_MAX};
 use super::waker::Waker;
 use crate::clock;
 
@@ -39,8 +49,12 @@ const BUFFER: usize = 65_536;
 const BATCH: usize = 64;
 /// Where received datagrams land in the buffer: after room for a virtio-net header.
 const RX_OFFSET: usize = 16;
+/// The receive buffer: room for several receives of up to 64 KiB whose payloads a superframe may still gather.
+const RX_BUFFER: usize = 4 * (RX_OFFSET + BUFFER);
 /// Most segments one superframe may be cut into (a 64 KB TSO frame at a small MSS).
 const MAX_SEGMENTS: usize = 512;
+/// Room per segment in the header arena: VXLAN, Ethernet with a VLAN tag, IPv4 or IPv6 and TCP with options.
+const ARENA_BLOCK: usize = 160;
 /// Longest sleep in poll: bounds how late a stop request or a query is seen.
 const POLL_MS: i32 = 100;
 
@@ -247,10 +261,15 @@ pub struct Datapath {
     /// Where superframes are cut into segments and encapsulated, back to back.
     seg: Vec<u8>,
     lens: Vec<usize>,
+    /// Plaintext superframes: each segment's header block, and where its payload lies in the superframe.
+    arena: Vec<u8>,
+    payloads: Vec<Range<usize>>,
     datagrams: Vec<Range<usize>>,
-    /// Receive-side coalescing into `gro`, for the network in `coalescing`.
-    coalescer: Coalescer,
+    /// Receive-side coalescing, for the network in `coalescing`: the superframe's header block in `gro`, its
+    /// payloads where they were received in `rx`.
+    coalescer: GatherCoalescer,
     gro: Vec<u8>,
+    rx: Vec<u8>,
     coalescing: Option<usize>,
     /// Superframes or virtio headers that could not be handled.
     offload_errors: u64,
@@ -292,10 +311,14 @@ impl Datapath {
             // Each segment carries its own copy of the headers and the encapsulation, so cut frames take more
             // room than the superframe did.
             seg: vec![0u8; 4 * BUFFER],
+            // A header block per segment (at most VXLAN + 18 + 60 + 60 bytes), or a whole frame without GSO.
+            arena: vec![0u8; MAX_SEGMENTS * ARENA_BLOCK + BUFFER],
+            payloads: vec![0..0; MAX_SEGMENTS],
             lens: vec![0; MAX_SEGMENTS],
             datagrams: Vec::with_capacity(MAX_SEGMENTS),
-            coalescer: Coalescer::new(),
-            gro: vec![0u8; VNET_HDR_LEN + BUFFER],
+            coalescer: GatherCoalescer::new(),
+            gro: vec![0u8; GATHER_HEAD],
+            rx: vec![0u8; RX_BUFFER],
             coalescing: None,
             offload_errors: 0,
             tap_errors: 0,
@@ -462,6 +485,10 @@ impl Datapath {
     /// hands each target all of them in as few UDP GSO sends as possible.
     fn send_superframe(&mut self, network: usize, flow: u32, hdr: &VirtioNetHdr, superframe: &[u8]) {
         let encrypted = self.forwarder.is_encrypted(network);
+        if !encrypted {
+            self.send_superframe_gathered(network, flow, hdr, superframe);
+            return;
+        }
         let front = vxlan::HEADER_LEN + if encrypted { udp::HEADER_LEN + esp::HEADER_LEN } else { 0 };
         let Ok(longest) = offload::max_segment_len(hdr, superframe) else {
             self.offload_errors += 1;
@@ -505,11 +532,67 @@ impl Datapath {
         }
     }
 
-    fn drain_underlay(&mut self, now: Instant, buf: &mut [u8], source: usize) {
+    /// A plaintext superframe without copying its payload: each segment's headers (VXLAN and the rewritten inner
+    /// headers) are written into `arena`, and each datagram goes out gathered from its header block and its payload
+    /// in place in the superframe, up to [`GATHER_MAX`] datagrams per UDP GSO send. The headers are the same for
+    /// every target, so a flood builds them once.
+    fn send_superframe_gathered(&mut self, network: usize, flow: u32, hdr: &VirtioNetHdr, superframe: &[u8]) {
+        let front = vxlan::HEADER_LEN;
+        let Ok(gather) = offload::segment_gather(hdr, superframe, front, &mut self.arena, &mut self.payloads) else {
+            self.offload_errors += 1;
+            return;
+        };
+        let Some(&first) = self.targets.first() else { return };
+        for i in 0..gather.count {
+            let headers = i * gather.block + front..(i + 1) * gather.block;
+            // Plaintext: only the VXLAN header goes in front, the same for every VTEP.
+            if self.forwarder.encapsulate(network, first, flow, &mut self.arena, headers).is_err() {
+                self.offload_errors += 1;
+                return;
+            }
+        }
+        // Every datagram but the last is a full one: the header block and `gso_size` bytes of payload.
+        let segment = gather.block + self.payloads[0].len();
+        let bytes = gather.count * gather.block + self.payloads[gather.count - 1].end - self.payloads[0].start;
+        for &vtep in &self.targets {
+            let mut sent = Ok(());
+            for start in (0..gather.count).step_by(GATHER_MAX) {
+                let end = (start + GATHER_MAX).min(gather.count);
+                let mut iov = [[IoSlice::new(&[]); 2]; GATHER_MAX];
+                for (slot, i) in iov.iter_mut().zip(start..end) {
+                    *slot = [
+                        IoSlice::new(&self.arena[i * gather.block..(i + 1) * gather.block]),
+                        IoSlice::new(&superframe[self.payloads[i].clone()]),
+                    ];
+                }
+                sent = self.underlay.send_gathered(flow, vtep, false, &iov[..end - start], segment);
+                if sent.is_err() {
+                    break;
+                }
+            }
+            if sent.is_err() {
+                self.underlay_errors += 1;
+            } else {
+                self.peers.sent(vtep, gather.count as u64, bytes as u64);
+            }
+        }
+    }
+
+    /// Receives from `source` into the worker's own receive buffer (`rx`), not `_buf`: segments the coalescer holds
+    /// stay where they were received until the superframe is written, so each receive lands after the previous one
+    /// and the coalescer is flushed before the buffer wraps around.
+    fn drain_underlay(&mut self, now: Instant, _buf: &mut [u8], source: usize) {
+        let mut rx = std::mem::take(&mut self.rx);
+        let mut at = 0;
         for _ in 0..BATCH {
+            if at + RX_OFFSET + BUFFER > rx.len() {
+                self.flush_coalesced(&rx);
+                at = 0;
+            }
             // With UDP_GRO one receive returns several datagrams of one sender, back to back. They land after room
             // for a virtio-net header, so even the first frame can be written to the TAP in place.
-            let (len, from, segment, esp_socket) = match self.underlay.recv(source, &mut buf[RX_OFFSET..]) {
+            let start = at + RX_OFFSET;
+            let (len, from, segment, esp_socket) = match self.underlay.recv(source, &mut rx[start..start + BUFFER]) {
                 Ok(r) => (r.len, r.from, r.segment, r.esp),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -517,10 +600,11 @@ impl Datapath {
                     break;
                 }
             };
+            at = start + len;
             let (mut accepted, mut accepted_bytes) = (0, 0);
-            for range in gro_datagrams(RX_OFFSET, len, segment) {
+            for range in gro_datagrams(start, len, segment) {
                 let (start, end) = (range.start, range.end);
-                let datagram = &mut buf[range];
+                let datagram = &mut rx[range];
                 // A peer switches to a new SA only after this host queued its install: apply the queue before
                 // calling the SPI unknown.
                 if esp_socket && esp::spi_of(datagram).is_some_and(|spi| !self.forwarder.knows_inbound(spi)) {
@@ -535,9 +619,9 @@ impl Datapath {
                     let frame = start + ingress.frame.start..start + ingress.frame.end;
                     (accepted, accepted_bytes) = (accepted + 1, accepted_bytes + (end - start) as u64);
                     if self.captures.is_active() {
-                        self.captures.offer(ingress.network, false, &buf[frame.clone()]);
+                        self.captures.offer(ingress.network, false, &rx[frame.clone()]);
                     }
-                    self.deliver(ingress.network, buf, frame, esp_socket);
+                    self.deliver(ingress.network, &mut rx, frame, esp_socket);
                 }
             }
             // One GRO batch comes from one sender: one lookup for all of it.
@@ -545,38 +629,54 @@ impl Datapath {
                 self.peers.received(from.ip(), accepted, accepted_bytes);
             }
         }
-        self.flush_coalesced();
+        self.flush_coalesced(&rx);
+        self.rx = rx;
     }
 
-    /// Writes a received frame to its TAP, coalescing consecutive TCP segments of a flow into one superframe when
-    /// the TAP takes them. Frames that came out of ESP (`authenticated`, their ICV verified) are merged without
-    /// summing their checksums again.
-    fn deliver(&mut self, network: usize, buf: &mut [u8], frame: Range<usize>, authenticated: bool) {
+    /// Writes a received frame (`rx[frame]`) to its TAP, coalescing consecutive TCP segments of a flow into one
+    /// superframe when the TAP takes them: the coalescer keeps the first segment's headers and the payloads' ranges
+    /// in `rx`, and the superframe is written gathered. Frames that came out of ESP (`authenticated`, their ICV
+    /// verified) are merged without summing their checksums again.
+    ///
+    /// A frame written alone gets its virtio-net header in the bytes in front of it, which may be the tail of the
+    /// datagram before it: that is only done after [`Self::flush_coalesced`], once no pending range points there.
+    fn deliver(&mut self, network: usize, rx: &mut [u8], frame: Range<usize>, authenticated: bool) {
         if !self.taps[network].offloads().vnet_hdr {
-            self.write_tap(network, buf, frame);
+            self.write_tap(network, rx, frame);
             return;
         }
         if self.coalescing != Some(network) {
-            self.flush_coalesced();
+            self.flush_coalesced(rx);
             self.coalescing = Some(network);
         }
-        let push = |coalescer: &mut Coalescer, gro: &mut [u8]| match authenticated {
-            true => coalescer.push_authenticated(gro, &buf[frame.clone()]),
-            false => coalescer.push(gro, &buf[frame.clone()]),
+        let push = |coalescer: &mut GatherCoalescer, head: &mut [u8], rx: &[u8]| match authenticated {
+            true => coalescer.push_authenticated(head, rx, frame.clone()),
+            false => coalescer.push(head, rx, frame.clone()),
         };
-        if push(&mut self.coalescer, &mut self.gro) == Push::Appended {
+        if push(&mut self.coalescer, &mut self.gro, rx) == Push::Appended {
             return;
         }
-        self.flush_coalesced();
+        self.flush_coalesced(rx);
         self.coalescing = Some(network);
-        if push(&mut self.coalescer, &mut self.gro) == Push::NotMergeable {
-            self.write_tap(network, buf, frame);
+        if push(&mut self.coalescer, &mut self.gro, rx) == Push::NotMergeable {
+            self.write_tap(network, rx, frame);
         }
     }
 
-    fn flush_coalesced(&mut self) {
-        let (Some(network), Some(len)) = (self.coalescing, self.coalescer.finish(&mut self.gro)) else { return };
-        if self.taps[network].send(&self.gro[..len]).is_err() {
+    /// Writes the pending superframe, if any, with one `writev`: its header block, then its payloads from `rx`.
+    fn flush_coalesced(&mut self, rx: &[u8]) {
+        let Some(network) = self.coalescing else { return };
+        let Some((block, payloads)) = self.coalescer.finish(&mut self.gro) else { return };
+        let mut iov = [const { MaybeUninit::<IoSlice<'_>>::uninit() }; GATHER_SEGMENTS + 1];
+        iov[0].write(IoSlice::new(&self.gro[..block]));
+        for (slot, range) in iov[1..].iter_mut().zip(payloads) {
+            slot.write(IoSlice::new(&rx[range.clone()]));
+        }
+        let pieces = 1 + payloads.len().min(GATHER_SEGMENTS);
+        // SAFETY: the first `pieces` entries were written just above (the coalescer holds at most GATHER_SEGMENTS
+        // payloads, so the zip wrote every one), and MaybeUninit<T> has T's layout.
+        let iov = unsafe { std::slice::from_raw_parts(iov.as_ptr().cast::<IoSlice<'_>>(), pieces) };
+        if self.taps[network].send_vectored(iov).is_err() {
             self.tap_errors += 1;
         }
     }

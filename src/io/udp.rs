@@ -6,7 +6,7 @@
 //! port (RFC 7348 §5), which gives ECMP and RSS on the underlay per-flow entropy without raw sockets, while every
 //! packet of one flow leaves from one port in order.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
@@ -192,8 +192,7 @@ impl Underlay {
         datagrams: &[u8],
         segment: usize,
     ) -> io::Result<()> {
-        let port = if esp { self.esp_port } else { self.vxlan_port };
-        let to = SocketAddr::new(vtep, port);
+        let to = self.destination(vtep, esp);
         let socket = &self.send[flow as usize % self.send.len()];
         if !self.batching.gso || datagrams.len() <= segment || segment == 0 {
             for datagram in datagrams.chunks(segment.max(1)) {
@@ -203,44 +202,95 @@ impl Underlay {
         }
         let per_send = (GSO_MAX_BYTES / segment).clamp(1, GSO_MAX_SEGMENTS) * segment;
         for chunk in datagrams.chunks(per_send) {
-            if let Err(e) = send_gso(socket, to, chunk, segment) {
-                // EIO: the route's device cannot segment; fall back for good, after sending this chunk plainly.
-                if e.raw_os_error() == Some(libc::EIO) || e.raw_os_error() == Some(libc::EINVAL) {
-                    self.batching.gso = false;
-                    for datagram in chunk.chunks(segment) {
-                        socket.send_to(datagram, to)?;
-                    }
-                } else {
+            let piece = [IoSlice::new(chunk)];
+            if let Err(e) = send_msg(socket, to, &piece, Some(segment)) {
+                if !gso_refused(&e) {
                     return Err(e);
+                }
+                // The route's device cannot segment: fall back for good, after sending this chunk plainly.
+                self.batching.gso = false;
+                for datagram in chunk.chunks(segment) {
+                    socket.send_to(datagram, to)?;
                 }
             }
         }
         Ok(())
     }
+
+    /// Sends datagrams given in two pieces each (headers, then payload, as [`overlay_proto::offload::segment_gather`]
+    /// lays them out) to `vtep`, without copying them together: every datagram but the last is `segment` bytes long.
+    /// With GSO one `sendmsg` carries as many as fit in 64 KB (the kernel cuts the gathered bytes at `segment`, so
+    /// the pieces' boundaries do not matter to it); without, one `sendmsg` per datagram, still gathering.
+    pub fn send_gathered(
+        &mut self,
+        flow: u32,
+        vtep: IpAddr,
+        esp: bool,
+        datagrams: &[[IoSlice<'_>; 2]],
+        segment: usize,
+    ) -> io::Result<()> {
+        let to = self.destination(vtep, esp);
+        let socket = &self.send[flow as usize % self.send.len()];
+        let mut rest = datagrams;
+        while !rest.is_empty() {
+            let per_send =
+                if self.batching.gso && segment > 0 { (GSO_MAX_BYTES / segment).clamp(1, GSO_MAX_SEGMENTS) } else { 1 };
+            let (chunk, after) = rest.split_at(per_send.min(rest.len()));
+            rest = after;
+            if chunk.len() == 1 {
+                send_msg(socket, to, &chunk[0], None)?;
+                continue;
+            }
+            if let Err(e) = send_msg(socket, to, chunk.as_flattened(), Some(segment)) {
+                if !gso_refused(&e) {
+                    return Err(e);
+                }
+                self.batching.gso = false;
+                for datagram in chunk {
+                    send_msg(socket, to, datagram, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a datagram to `vtep` goes: its VXLAN or ESP port.
+    fn destination(&self, vtep: IpAddr, esp: bool) -> SocketAddr {
+        SocketAddr::new(vtep, if esp { self.esp_port } else { self.vxlan_port })
+    }
 }
 
-fn send_gso(socket: &UdpSocket, to: SocketAddr, chunk: &[u8], segment: usize) -> io::Result<()> {
+/// Whether a GSO send failed because the route's device or the kernel cannot segment (EIO, EINVAL), so plain sends
+/// should be used from now on.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+}
+
+/// One `sendmsg` of the bytes in `pieces` gathered, to `to`; with `segment`, as UDP GSO datagrams of that size.
+fn send_msg(socket: &UdpSocket, to: SocketAddr, pieces: &[IoSlice<'_>], segment: Option<usize>) -> io::Result<()> {
     let (mut addr, addr_len) = sockaddr(to);
-    let mut iov = libc::iovec { iov_base: chunk.as_ptr() as *mut libc::c_void, iov_len: chunk.len() };
     // Room for one cmsg carrying a u16, aligned as the kernel expects.
     let mut control = [0u64; 4];
     // SAFETY: msghdr is plain data; every pointer set below stays valid until sendmsg returns.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
     msg.msg_namelen = addr_len;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-    // SAFETY: msg_control points at `control`, which is at least CMSG_SPACE(2) bytes and suitably aligned, so the
-    // first header and its data lie within it.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+    // IoSlice is guaranteed ABI-compatible with struct iovec on Unix; the kernel only reads through it.
+    msg.msg_iov = pieces.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = pieces.len();
+    if let Some(segment) = segment {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        // SAFETY: msg_control points at `control`, which is at least CMSG_SPACE(2) bytes and suitably aligned, so
+        // the first header and its data lie within it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment as u16);
+        }
     }
     // SAFETY: `msg` describes live buffers for the duration of the call.
     let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };

@@ -4,18 +4,23 @@
 //! ```text
 //!  worker ──poll──► UnderlayIo::poll_fds ─ready─► recv(source) ─► (datagram, sender, port) ─► Forwarder
 //!  worker ◄── Forwarder encapsulates ◄── send_segments(flow, vtep, esp, datagrams, segment) ──► wire
+//!  worker ◄── segment_gather (headers in an arena, payloads in place) ◄── send_gathered(.., [[headers, payload]]) ──► wire
 //! ```
 //!
 //! Both take and give UDP payloads (VXLAN or ESP-in-UDP datagrams); the AF_XDP underlay writes and strips the outer
 //! Ethernet/IP/UDP headers itself.
 
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::udp::{recv_segments, Underlay};
+
+/// Most datagrams one [`UnderlayIo::send_gathered`] call takes: the kernel's UDP GSO limit (UDP_MAX_SEGMENTS is 64 on
+/// older kernels), which also keeps the iovec array (two entries a datagram) far below UIO_MAXIOV (1024).
+pub const GATHER_MAX: usize = 64;
 
 /// One receive: `len` bytes at the start of the caller's buffer, from `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,19 @@ pub trait UnderlayIo: Send + fmt::Debug {
     fn send_segments(&mut self, flow: u32, vtep: IpAddr, esp: bool, datagrams: &[u8], segment: usize)
         -> io::Result<()>;
 
+    /// Sends datagrams in two pieces each, headers then payload, without copying them together where the underlay
+    /// can gather: `datagrams[i][0]` followed by `datagrams[i][1]` is datagram `i`, and every datagram but the
+    /// last is `segment` bytes long. At most [`GATHER_MAX`] datagrams per call. Otherwise as
+    /// [`Self::send_segments`].
+    fn send_gathered(
+        &mut self,
+        flow: u32,
+        vtep: IpAddr,
+        esp: bool,
+        datagrams: &[[IoSlice<'_>; 2]],
+        segment: usize,
+    ) -> io::Result<()>;
+
     /// Called about once a second with the time.
     fn handle_timeout(&mut self, _now: Instant) {}
 
@@ -119,6 +137,17 @@ impl UnderlayIo for Underlay {
         segment: usize,
     ) -> io::Result<()> {
         Underlay::send_segments(self, flow, vtep, esp, datagrams, segment)
+    }
+
+    fn send_gathered(
+        &mut self,
+        flow: u32,
+        vtep: IpAddr,
+        esp: bool,
+        datagrams: &[[IoSlice<'_>; 2]],
+        segment: usize,
+    ) -> io::Result<()> {
+        Underlay::send_gathered(self, flow, vtep, esp, datagrams, segment)
     }
 
     fn stats(&self) -> UnderlayStats {

@@ -23,7 +23,7 @@
 pub mod neighbour;
 pub mod program;
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
@@ -366,9 +366,30 @@ impl XdpUnderlay {
     }
 
     /// Writes one datagram into a frame of queue `q` and queues it for the TX ring.
-    fn push(&mut self, q: usize, outer: &Outer, payload: &[u8]) {
+    /// The outer headers and the queue for `count` datagrams to `vtep`; `None` (the datagrams counted as
+    /// neighbour misses) while the next hop's MAC is not known yet.
+    fn outer(&mut self, flow: u32, vtep: IpAddr, esp: bool, count: usize) -> io::Result<Option<(Outer, usize)>> {
+        if vtep.is_ipv4() != self.local.is_ipv4() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "VTEP of the other address family"));
+        }
+        let Some(dst_mac) = self.neighbours.lookup(vtep) else {
+            self.stats.neighbour_misses += count as u64;
+            return Ok(None);
+        };
+        let outer = Outer {
+            src_mac: self.local_mac,
+            dst_mac,
+            src: SocketAddr::new(self.local, outer::source_port(flow)),
+            dst: SocketAddr::new(vtep, if esp { self.esp_port } else { self.vxlan_port }),
+        };
+        Ok(Some((outer, flow as usize % self.queues.len())))
+    }
+
+    /// Queues one datagram, the concatenation of `pieces`, on queue `q`'s TX ring (sent on the next flush).
+    fn push(&mut self, q: usize, outer: &Outer, pieces: &[&[u8]]) {
         let header = outer.header_len();
-        if header + payload.len() > MAX_FRAME {
+        let len: usize = pieces.iter().map(|piece| piece.len()).sum();
+        if header + len > MAX_FRAME {
             self.stats.tx_ring_full += 1;
             return;
         }
@@ -379,10 +400,14 @@ impl XdpUnderlay {
         };
         // SAFETY: `desc` is a free send frame of this queue's UMEM: no ring and no other reference holds it.
         let mut data = unsafe { queue.umem.data_mut(&mut desc) };
-        data.cursor().set_pos(header + payload.len());
+        data.cursor().set_pos(header + len);
         let frame = data.contents_mut();
-        frame[header..].copy_from_slice(payload);
-        if outer.emit(frame, payload.len()).is_err() {
+        let mut at = header;
+        for piece in pieces {
+            frame[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        if outer.emit(frame, len).is_err() {
             queue.free.push(desc);
             self.stats.tx_ring_full += 1;
             return;
@@ -441,23 +466,32 @@ impl UnderlayIo for XdpUnderlay {
         datagrams: &[u8],
         segment: usize,
     ) -> io::Result<()> {
-        if vtep.is_ipv4() != self.local.is_ipv4() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "VTEP of the other address family"));
-        }
         let count = datagrams.len().div_ceil(segment.max(1));
-        let Some(dst_mac) = self.neighbours.lookup(vtep) else {
-            self.stats.neighbour_misses += count as u64;
+        let Some((outer, q)) = self.outer(flow, vtep, esp, count)? else {
             return Ok(());
         };
-        let outer = Outer {
-            src_mac: self.local_mac,
-            dst_mac,
-            src: SocketAddr::new(self.local, outer::source_port(flow)),
-            dst: SocketAddr::new(vtep, if esp { self.esp_port } else { self.vxlan_port }),
-        };
-        let q = flow as usize % self.queues.len();
         for datagram in datagrams.chunks(segment.max(1)) {
-            self.push(q, &outer, datagram);
+            self.push(q, &outer, &[datagram]);
+        }
+        self.queues[q].flush();
+        Ok(())
+    }
+
+    /// Gathers each datagram's two pieces straight into its UMEM frame: the copy into the frame is the one AF_XDP
+    /// makes anyway.
+    fn send_gathered(
+        &mut self,
+        flow: u32,
+        vtep: IpAddr,
+        esp: bool,
+        datagrams: &[[IoSlice<'_>; 2]],
+        _segment: usize,
+    ) -> io::Result<()> {
+        let Some((outer, q)) = self.outer(flow, vtep, esp, datagrams.len())? else {
+            return Ok(());
+        };
+        for [headers, payload] in datagrams {
+            self.push(q, &outer, &[&headers[..], &payload[..]]);
         }
         self.queues[q].flush();
         Ok(())
