@@ -30,7 +30,7 @@
 //! its old block, and the same address, back.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::Codec;
@@ -72,7 +72,7 @@ pub enum IngressAddressEvent {
         /// The address given up.
         addr: IpAddr,
     },
-    /// No address could be had; tried again after [`RETRY`].
+    /// No address could be had; tried again every [`RETRY`] (and reported again only after a success).
     Unavailable {
         /// The network.
         vni: Vni,
@@ -89,6 +89,8 @@ struct Slot {
     addr: Option<IpAddr>,
     /// When to ask IPAM next (after a failure, or when a claim settles).
     next_try: Option<Instant>,
+    /// The last attempt failed (reported once, not at every retry).
+    failing: bool,
 }
 
 /// The ingress source addresses of one host.
@@ -112,6 +114,7 @@ impl IngressAddresses {
                 wanted: net.fixed.is_some(),
                 addr: None,
                 next_try: None,
+                failing: false,
             };
             this.slots.insert(net.vni, slot);
             if let Some(addr) = net.fixed {
@@ -157,8 +160,11 @@ impl IngressAddresses {
                 Ok(Some(v4)) => self.assign(vni, IpAddr::V4(v4)),
                 Ok(None) => self.slot(vni).next_try = ipam.poll_timeout(),
                 Err(error) => {
-                    self.slot(vni).next_try = Some(now + RETRY);
-                    self.events.push_back(IngressAddressEvent::Unavailable { vni, error });
+                    let slot = self.slot(vni);
+                    slot.next_try = Some(now + RETRY);
+                    if !std::mem::replace(&mut slot.failing, true) {
+                        self.events.push_back(IngressAddressEvent::Unavailable { vni, error });
+                    }
                 }
             }
         }
@@ -173,6 +179,7 @@ impl IngressAddresses {
         let slot = self.slot(vni);
         slot.addr = Some(addr);
         slot.next_try = None;
+        slot.failing = false;
         let record = EndpointRecord {
             vni,
             mac: slot.bridge_mac,
@@ -230,6 +237,7 @@ mod tests {
     use crate::ipam::IpamConfig;
     use crate::service::{service_key, Policy, Protocol, ServiceRecord, SERVICE_LABEL};
     use crate::NodeId;
+    use std::net::Ipv4Addr;
 
     const BRIDGE: MacAddr = MacAddr([2, 0x57, 0, 0, 0xbb, 1]);
     const H1: [u8; 4] = [198, 18, 0, 1];
@@ -401,6 +409,12 @@ mod tests {
         ingress.handle_timeout(now + Duration::from_secs(1), 1, &mut ipam);
         assert_eq!(ingress.poll_event(), None, "not retried before RETRY");
         ingress.handle_timeout(now + RETRY, 1, &mut ipam);
-        assert!(matches!(ingress.poll_event(), Some(IngressAddressEvent::Unavailable { .. })));
+        assert_eq!(ingress.poll_event(), None, "retried, and not reported twice");
+        assert_eq!(ingress.poll_timeout(), Some(now + RETRY * 2));
+        // The endpoint leaves: the next retry gets its address.
+        ipam.release(vni(), Ipv4Addr::new(198, 19, 0, 2));
+        ingress.handle_timeout(now + RETRY * 2, 1, &mut ipam);
+        let addr = IpAddr::from([198, 19, 0, 2]);
+        assert_eq!(ingress.poll_event(), Some(IngressAddressEvent::Assigned { vni: vni(), addr }));
     }
 }
