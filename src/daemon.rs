@@ -215,7 +215,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Some(ingress) = ingress {
                 ingress.stop();
             }
-
             let _ = std::fs::remove_file(&config.node.api_socket);
             outcome
         }
