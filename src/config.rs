@@ -308,6 +308,7 @@ pub struct NetworkConfig {
     pub fdb: Vec<StaticFdbEntry>,
     /// This host's own address on the network, from which the ingress connects to backends on other hosts: unique
     /// per host, inside `subnet`, and used by no endpoint. weft adds it to the bridge (and removes it on exit).
+    /// Optional: without it, weft takes one from this host's IPAM block once a service needs it (IPv4 subnets).
     pub ingress_address: Option<IpAddr>,
     /// The gateway address every host's bridge holds (egress and DNS); the subnet's first address by default.
     pub gateway: Option<IpAddr>,

@@ -5,19 +5,24 @@
 //!                                                                         ▲  queries
 //!                           api socket (tokio) ──────────────────────────┘
 //!                           services: gateway address on each bridge, egress table `inet weft`, DNS, attach
+//!                           control agent ─► ingress addresses (watch) ─► on the bridges ─► ingress (watch)
 //!  SIGINT/SIGTERM ─► detach endpoints ─► stop worker ─► close TAPs (the kernel removes them) ─► delete the
-//!                    bridges weft created, the gateway addresses it added and the egress table
+//!                    bridges weft created, the gateway and ingress addresses it added and the egress table
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use overlay_proto::fdb::FdbConfig;
 use overlay_proto::forward::{Forwarder, ForwarderConfig, NetworkConfig as EngineNetwork, RateLimit};
+use overlay_proto::ingress_address::IngressNetwork;
+use overlay_proto::Vni;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api;
@@ -50,6 +55,8 @@ struct HostState {
     taps: Vec<Vec<Tap>>,
     /// Ingress addresses added to bridges: (bridge index, address).
     addresses: Vec<(u32, IpAddr)>,
+    /// Each network's bridge (its MAC pinned), in config order.
+    bridges: Vec<Link>,
     /// Gateway addresses weft added to bridges it does not own: (bridge, address).
     gateway_addresses: Vec<(Link, IpAddr)>,
     /// What the services need of each network, in config order.
@@ -120,11 +127,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local_tx = identity.is_some().then_some(local_tx);
     let (threads, handle) = spawn_workers(&config, &netlink, &underlay_link, underlays, &mut host, &stop, local_tx)?;
 
-    let ingress = config.control.is_some().then(|| {
-        Ingress::start(IngressConfig {
-            local_vtep: config.node.underlay,
-            sources: config.networks.iter().filter_map(|n| Some((n.vni(), n.ingress_address?))).collect(),
-        })
+    // This host's ingress address per network: chosen by the agent, put on the bridge here, then used by the ingress.
+    let (wanted_tx, wanted_rx) = watch::channel(BTreeMap::new());
+    let (sources_tx, sources_rx) = watch::channel(BTreeMap::new());
+    let on_bridges = Arc::new(Mutex::new(Vec::new()));
+    let ingress = config
+        .control
+        .is_some()
+        .then(|| Ingress::start(IngressConfig { local_vtep: config.node.underlay, sources: sources_rx }));
+    let address_task = ingress.is_some().then(|| {
+        let bridges = config.networks.iter().zip(&host.bridges);
+        let bridges = bridges.map(|(n, b)| (n.vni(), (b.clone(), n.subnet.prefix_len()))).collect();
+        tokio::spawn(apply_ingress_addresses(netlink.clone(), bridges, wanted_rx, sources_tx, on_bridges.clone()))
     });
     let agent = match (&config.control, identity) {
         (Some(c), Some(identity)) => {
@@ -140,6 +154,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 services: config.services.iter().map(|s| s.record(revision)).collect(),
                 catalog: ingress.as_ref().map(Ingress::catalog_sender),
                 pools: pools(&config),
+                ingress_networks: (config.networks.iter().zip(&host.bridges))
+                    .filter_map(|(n, b)| {
+                        Some(IngressNetwork { vni: n.vni(), bridge_mac: b.mac?, fixed: n.ingress_address })
+                    })
+                    .collect(),
+                ingress_addresses: Some(wanted_tx),
             };
             Some(Agent::start(agent_config, identity, handle.clone(), local_rx)?)
         }
@@ -198,6 +218,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Err(e) => Err(e),
     };
+    if let Some(task) = address_task {
+        task.abort();
+        let _ = task.await;
+    }
 
     stop.store(true, Ordering::Relaxed);
     let joined = tokio::task::spawn_blocking(move || threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()).await?;
@@ -208,6 +232,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => warn!(worker, "data path panicked"),
         }
     }
+    host.addresses.extend(on_bridges.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default());
     host.teardown(&netlink).await;
     info!("stopped");
     outcome
@@ -266,7 +291,7 @@ fn spawn_workers(
     let (mut threads, mut handles) = (Vec::new(), Vec::new());
     for (worker, (underlay, taps)) in underlays.into_iter().zip(queues).enumerate() {
         let underlay = open_underlay(config, netlink, underlay_link, underlay);
-        let forwarder = Forwarder::new(engine_config(config), clock::now());
+        let forwarder = Forwarder::new(engine_config(config, &host.bridges), clock::now());
         let (datapath, handle) =
             Datapath::new(worker, forwarder, taps, underlay, stop.clone(), events.clone(), busy_poll)?;
         let thread = std::thread::Builder::new().name(format!("weft-dp{worker}")).spawn(move || datapath.run())?;
@@ -329,11 +354,20 @@ async fn setup_networks(
         host.taps.push(queues);
         netlink.attach_to_bridge(tap_link.index, bridge.index, mtu).await?;
         // Attach adds and removes bridge ports all the time: the bridge's MAC must not follow them.
-        netlink.pin_address(&netlink.link_by_index(bridge.index).await?).await?;
+        let bridge = netlink.link_by_index(bridge.index).await?;
+        netlink.pin_address(&bridge).await?;
         // The gateway (gwbridge): every host's bridge holds the same address; the forwarder keeps its frames local.
         let gateway = net.gateway_addr();
         let owned = host.owned_bridges.iter().any(|b| b.index == bridge.index);
-        let present = netlink.addresses(bridge.index).await?.iter().any(|(a, _)| *a == gateway);
+        let addresses = netlink.addresses(bridge.index).await?;
+        let present = addresses.iter().any(|(a, _)| *a == gateway);
+        // The subnet is IPAM's: no other address of it may sit on the bridge, or an endpoint could get it too. One
+        // there now is this host's ingress address, left by a weft that did not stop cleanly.
+        let stale = addresses.iter().map(|(a, _)| *a).filter(|a| net.subnet.contains(a) && *a != gateway);
+        for addr in stale.filter(|a| Some(*a) != net.ingress_address) {
+            warn!(network = %net.name, bridge = %bridge_name, %addr, "removing a stale address of the subnet from the bridge");
+            netlink.delete_address(bridge.index, addr).await?;
+        }
         if !present {
             netlink.add_address(bridge.index, gateway, net.subnet.prefix_len()).await?;
             if !owned {
@@ -350,11 +384,7 @@ async fn setup_networks(
             internal: net.internal,
             domain: net.domain.clone(),
         });
-        if let Some(addr) = net.ingress_address {
-            netlink.add_address(bridge.index, addr, net.subnet.prefix_len()).await?;
-            host.addresses.push((bridge.index, addr));
-            info!(network = %net.name, %addr, bridge = %bridge_name, "ingress address up");
-        }
+        host.bridges.push(bridge);
         info!(network = %net.name, vni = net.vni, tap = %tap_link.name, bridge = %bridge_name, mtu, tso = offloads.vnet_hdr, uso = offloads.uso, "network up");
     }
     Ok(())
@@ -392,7 +422,57 @@ fn dns_upstreams(config: &Config) -> Vec<std::net::SocketAddr> {
     }
 }
 
-fn engine_config(config: &Config) -> ForwarderConfig {
+/// Puts this host's ingress addresses on the bridges as the agent picks them (removing replaced ones), and only then
+/// hands them to the ingress, which binds to them. `on_bridges` is what to remove on exit.
+async fn apply_ingress_addresses(
+    netlink: Netlink,
+    bridges: BTreeMap<Vni, (Link, u8)>,
+    mut wanted: watch::Receiver<BTreeMap<Vni, IpAddr>>,
+    applied: watch::Sender<BTreeMap<Vni, IpAddr>>,
+    on_bridges: Arc<Mutex<Vec<(u32, IpAddr)>>>,
+) {
+    loop {
+        let want = wanted.borrow_and_update().clone();
+        let mut now_applied = applied.borrow().clone();
+        let gone: Vec<(Vni, IpAddr)> =
+            now_applied.iter().filter(|(vni, addr)| want.get(vni) != Some(addr)).map(|(v, a)| (*v, *a)).collect();
+        for (vni, addr) in gone {
+            // The ingress stops binding to it before it leaves the bridge.
+            now_applied.remove(&vni);
+            applied.send_replace(now_applied.clone());
+            let Some((bridge, _)) = bridges.get(&vni) else { continue };
+            match netlink.delete_address(bridge.index, addr).await {
+                Ok(()) => info!(%vni, bridge = %bridge.name, %addr, "ingress address removed"),
+                Err(e) => warn!(%vni, bridge = %bridge.name, %addr, error = %e, "could not remove the ingress address"),
+            }
+            if let Ok(mut list) = on_bridges.lock() {
+                list.retain(|(_, a)| *a != addr);
+            }
+        }
+        let new: Vec<(Vni, IpAddr)> =
+            want.iter().filter(|(vni, addr)| now_applied.get(vni) != Some(addr)).map(|(v, a)| (*v, *a)).collect();
+        for (vni, addr) in new {
+            let Some((bridge, prefix)) = bridges.get(&vni) else { continue };
+            // Noted before it is added, so an exit in between still removes it.
+            if let Ok(mut list) = on_bridges.lock() {
+                list.push((bridge.index, addr));
+            }
+            match netlink.add_address(bridge.index, addr, *prefix).await {
+                Ok(()) => {
+                    info!(%vni, bridge = %bridge.name, %addr, "ingress address up");
+                    now_applied.insert(vni, addr);
+                }
+                Err(e) => warn!(%vni, bridge = %bridge.name, %addr, error = %e, "could not add the ingress address"),
+            }
+        }
+        applied.send_replace(now_applied);
+        if wanted.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+fn engine_config(config: &Config, bridges: &[Link]) -> ForwarderConfig {
     let underlay: IpAddr = config.node.underlay;
     ForwarderConfig {
         local_vtep: underlay,
@@ -401,10 +481,8 @@ fn engine_config(config: &Config) -> ForwarderConfig {
         vxlan_port: config.node.vxlan_port,
         flow_seed: u64::from_le_bytes(*b"weftflow")
             ^ config.node.name.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b)),
-        networks: config
-            .networks
-            .iter()
-            .map(|n| EngineNetwork {
+        networks: (config.networks.iter().zip(bridges))
+            .map(|(n, bridge)| EngineNetwork {
                 vni: n.vni(),
                 learning: n.learning.into(),
                 peers: n.peers.clone(),
@@ -412,6 +490,7 @@ fn engine_config(config: &Config) -> ForwarderConfig {
                 flood_limit: RateLimit::default(),
                 encrypted: n.is_encrypted(),
                 gateways: vec![n.gateway_addr()],
+                bridge_macs: bridge.mac.into_iter().collect(),
             })
             .collect(),
     }

@@ -42,6 +42,7 @@ pub fn forwarder(now: Instant, local: [u8; 4], peer: [u8; 4], encrypted: bool) -
                 static_fdb: vec![(DST, IpAddr::from(PEER)), (SRC, IpAddr::from(LOCAL))],
                 flood_limit: RateLimit::default(),
                 gateways: Vec::new(),
+                bridge_macs: Vec::new(),
                 encrypted,
             }],
         },

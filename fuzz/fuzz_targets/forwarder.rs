@@ -167,6 +167,7 @@ impl Harness {
             static_fdb: vec![(MAC_B, H2)],
             flood_limit: RateLimit { per_second: 10, burst: 3 },
             gateways: Vec::new(),
+            bridge_macs: Vec::new(),
             encrypted: encrypted[i],
         };
         let fw = Forwarder::new(

@@ -152,3 +152,21 @@ pub fn dig_status(ns: &str, server: IpAddr, name: &str) -> Result<String> {
         .map(str::to_owned)
         .with_context(|| format!("[{ns}] dig {name}: no status in {text}"))
 }
+
+/// The MAC of host `i`'s bridge for network `net` (the lab's `br-<net>`), lower case.
+pub fn bridge_mac(lab: &Lab, i: usize, net: &str) -> Result<String> {
+    let info = crate::weft::link_info(&lab.host(i).ns, &format!("br-{net}"))?.context("no bridge")?;
+    Ok(info.mac.to_ascii_lowercase())
+}
+
+/// What host `i` holds about the MACs in `macs` (bridges' MACs): the endpoint records of its directory (`weft
+/// services`), its FDB rows, and its local endpoints (`weft endpoints`) that carry one of them.
+pub fn records_of_macs(lab: &Lab, i: usize, macs: &[String]) -> Result<(Vec<Value>, Vec<Value>, Vec<Value>)> {
+    let socket = lab.api_socket(i);
+    let ours = |v: &Value| v["mac"].as_str().is_some_and(|m| macs.contains(&m.to_ascii_lowercase()));
+    let of = |method: &str, field: &str| -> Result<Vec<Value>> {
+        let answer = weft_json(&socket, &[method])?;
+        Ok(answer[field].as_array().into_iter().flatten().filter(|v| ours(v)).cloned().collect())
+    };
+    Ok((of("services", "endpoints")?, of("fdb", "fdb")?, of("endpoints", "local")?))
+}

@@ -208,8 +208,8 @@ fn global_addresses(ns: &str) -> Result<Vec<String>> {
 /// An endpoint as a host's directory lists it: (name, service, address, VTEP).
 type DirectoryRow = (String, Option<String>, String, String);
 
-/// The MACs of the hosts' bridges. A bridge's own IPv6 link-local traffic makes its host discover it as an endpoint
-/// (a stable one: weft pins the bridge's MAC); it is part of no attachment and of no churn.
+/// The MACs of the hosts' bridges. Discovery skips them (services.rs checks that), and without a published service
+/// no host has an ingress endpoint on its bridge; they are left out anyway, being part of no attachment or churn.
 fn bridge_macs(lab: &Lab) -> Result<BTreeSet<String>> {
     (1..=HOSTS)
         .map(|i| {

@@ -3,10 +3,12 @@
 //! overlay (a namespace on the underlay switch only, 198.18.0.200) connecting to the published port of every host.
 //!
 //! - `ingress_from_outside_spreads_over_every_backend`: every host answers, every backend serves, the spread is
-//!   even; with the PROXY protocol the backends see the client's own address.
+//!   even; with the PROXY protocol the backends see the client's own address. No `ingress_address` is configured:
+//!   each host takes its own from its IPAM block, puts it on its bridge and announces it under its bridge's MAC,
+//!   which is then the only thing the other hosts know of that MAC.
 //! - `a_dead_backend_host_costs_no_new_connection`: host 3's weft is killed (-9), which takes its backends off the
 //!   overlay; connections to hosts 1 and 2 keep succeeding, and from 3 s after the kill every one is served by a
-//!   backend of hosts 1 or 2.
+//!   backend of hosts 1 or 2. Here every host has an explicit `ingress_address` (the override).
 //!
 //! The backends and the client are `weft-echo` (integration/src/bin): it answers `name=NAME client=ADDR proxied=..`
 //! and parses the PROXY v2 header itself.
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use weft_integration::services::{bridge_mac, records_of_macs};
 use weft_integration::weft::{lab_pki, query, start_weft, wait_members, WeftConfig};
 use weft_integration::{exec_stdout, wait_until, Daemon, Lab};
 
@@ -33,7 +36,8 @@ fn echo_bin() -> &'static str {
     env!("CARGO_BIN_EXE_weft-echo")
 }
 
-/// Host `i`'s own address on the overlay (`ingress_address`): unique per host, at the top of the subnet.
+/// Host `i`'s own address on the overlay when configured (`ingress_address`): unique per host, at the top of the
+/// subnet.
 fn ingress_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 0, 250 + i as u8)
 }
@@ -75,8 +79,9 @@ fn healthy_backends(service: &Value) -> usize {
     service["backends"].as_array().map_or(0, |b| b.iter().filter(|b| b["healthy"] == true).count())
 }
 
-/// Three hosts with gossip, a client namespace on the underlay, two backends per host attached as service `web`.
-fn mesh(name: &str) -> Result<Mesh> {
+/// Three hosts with gossip, a client namespace on the underlay, two backends per host attached as service `web`;
+/// `fixed`: each host's `ingress_address` is configured, else weft takes it from the host's IPAM block.
+fn mesh(name: &str, fixed: bool) -> Result<Mesh> {
     let lab = Lab::up(name, HOSTS, 0, &["blue"])?;
     // The client: a namespace on the underlay switch only, named under the lab so lab.sh down removes it.
     let client = format!("{name}-cl");
@@ -92,7 +97,9 @@ fn mesh(name: &str) -> Result<Mesh> {
     let mut daemons = Vec::new();
     for i in 1..=HOSTS {
         let mut config = WeftConfig::with_gossip(&lab, i, &[("blue", VNI)], &certs[i - 1], &[1, 2]);
-        config.networks[0].extra.push(format!("ingress_address = \"{}\"", ingress_address(i)));
+        if fixed {
+            config.networks[0].extra.push(format!("ingress_address = \"{}\"", ingress_address(i)));
+        }
         daemons.push(start_weft(&lab, i, &config.to_toml())?);
     }
     let hosts: Vec<usize> = (1..=HOSTS).collect();
@@ -116,6 +123,52 @@ fn mesh(name: &str) -> Result<Mesh> {
 fn run_ip(args: &[&str]) -> Result<()> {
     let output = std::process::Command::new("ip").args(args).output().context("cannot run ip")?;
     ensure!(output.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+/// Every host took an ingress address of its own out of one of its IPAM blocks and put it on its bridge; every
+/// other host knows it as the record `ingress-endpoint` of that bridge's MAC, and knows nothing else of the bridge
+/// (its link-local traffic is not discovered).
+fn check_ingress_addresses(m: &Mesh) -> Result<()> {
+    let bridges: Vec<String> = (1..=HOSTS).map(|i| bridge_mac(&m.lab, i, "blue")).collect::<Result<_>>()?;
+    let mut addresses = Vec::new();
+    for i in 1..=HOSTS {
+        let (own, _, local) = records_of_macs(&m.lab, i, &bridges[i - 1..i])?;
+        ensure!(local.is_empty(), "host {i} discovered its bridge as a local endpoint: {local:?}");
+        ensure!(own.len() == 1 && own[0]["name"] == "ingress-endpoint", "host {i}'s ingress record: {own:?}");
+        let ips = own[0]["ips"].as_array().context("no ips")?;
+        ensure!(ips.len() == 1, "host {i}'s ingress record has one address: {own:?}");
+        let addr: Ipv4Addr = ips[0].as_str().context("ip")?.parse()?;
+        let blocks = query(&m.lab, i, "services")?["blocks"].clone();
+        let inside = blocks.as_array().into_iter().flatten().filter_map(|b| b["block"].as_str()).any(|b| {
+            let (start, len) = b.split_once('/').unwrap_or_default();
+            let (start, len): (Ipv4Addr, u32) =
+                (start.parse().unwrap_or(Ipv4Addr::UNSPECIFIED), len.parse().unwrap_or(32));
+            u32::from(addr) >> (32 - len) == u32::from(start) >> (32 - len)
+        });
+        ensure!(inside, "host {i}'s ingress address {addr} lies in none of its blocks {blocks}");
+        let on_bridge = exec_stdout(&m.lab.host(i).ns, &["ip", "-4", "-o", "addr", "show", "dev", "br-blue"])?;
+        ensure!(on_bridge.contains(&format!(" {addr}/")), "host {i}'s bridge lacks {addr}: {on_bridge}");
+        addresses.push(addr);
+    }
+    eprintln!("ingress addresses: {addresses:?}");
+    for i in 1..=HOSTS {
+        let (directory, fdb, _) = records_of_macs(&m.lab, i, &bridges)?;
+        for j in (1..=HOSTS).filter(|&j| j != i) {
+            let of_j: Vec<&Value> = directory.iter().filter(|e| e["mac"] == bridges[j - 1].as_str()).collect();
+            let expected = serde_json::json!([addresses[j - 1].to_string()]);
+            ensure!(
+                of_j.len() == 1 && of_j[0]["name"] == "ingress-endpoint" && of_j[0]["ips"] == expected,
+                "host {i} should know host {j}'s bridge only as its ingress endpoint {expected}: {of_j:?}"
+            );
+            let vtep = format!("198.18.0.{j}");
+            let rows: Vec<&Value> = fdb.iter().filter(|r| r["mac"] == bridges[j - 1].as_str()).collect();
+            ensure!(
+                rows.len() == 1 && rows[0]["vtep"] == vtep.as_str(),
+                "host {i}'s FDB for host {j}'s bridge: {rows:?}"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -175,8 +228,9 @@ fn publish(m: &Mesh, extra: &[&str]) -> Result<()> {
 #[test]
 #[ignore = "needs root: run scripts/test.sh"]
 fn ingress_from_outside_spreads_over_every_backend() -> Result<()> {
-    let m = mesh("igmesh")?;
+    let m = mesh("igmesh", false)?;
     publish(&m, &[])?;
+    check_ingress_addresses(&m)?;
     let hosts: Vec<usize> = (1..=HOSTS).collect();
     let per_target = 30;
     let attempts = client_connect(&m.lab, "connect-count", per_target, 5000, &targets(&hosts))?;
@@ -223,7 +277,7 @@ fn ingress_from_outside_spreads_over_every_backend() -> Result<()> {
 #[test]
 #[ignore = "needs root: run scripts/test.sh"]
 fn a_dead_backend_host_costs_no_new_connection() -> Result<()> {
-    let m = mesh("igloss")?;
+    let m = mesh("igloss", true)?;
     publish(&m, &[])?;
     let survivors = [1, 2];
     const VICTIM: usize = 3;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use weft_integration::services::{
-    add_internet, add_netns, assert_bare, attach, attached_ip, detach, dig_short, dig_status, host_veths,
-    named_endpoints, weft_json, INTERNET,
+    add_internet, add_netns, assert_bare, attach, attached_ip, bridge_mac, detach, dig_short, dig_status, host_veths,
+    named_endpoints, records_of_macs, weft_json, INTERNET,
 };
 use weft_integration::weft::{lab_pki, start_weft, wait_members, WeftConfig};
 use weft_integration::{exec, exec_stdout, ping_received, ping_until, wait_until, Daemon, Lab};
@@ -266,5 +266,17 @@ fn dns_on_the_gateway_resolves_endpoints_services_and_tasks() -> Result<()> {
         Ok(dig_status(client, gateway, "web-2")? == "NXDOMAIN")
     })?;
     ensure!(dig_short(client, Some(gateway), &["tasks.web"])? == [ips["web-1"].clone()], "tasks.web after detach");
+
+    // The bridges hold the gateway and send their own link-local traffic (MLD, ARP) into the TAPs; a bridge is no
+    // endpoint, so no host announces its own (and without a published service there is no ingress address either).
+    let bridges: Vec<String> = (1..=HOSTS).map(|i| bridge_mac(&lab, i, "blue")).collect::<Result<_>>()?;
+    for i in 1..=HOSTS {
+        let (directory, fdb, local) = records_of_macs(&lab, i, &bridges)?;
+        ensure!(directory.is_empty(), "host {i} lists a bridge as an endpoint: {directory:?} (bridges {bridges:?})");
+        // Entries learnt from the bridges' flooded frames (data-plane learning, aged out) are not announcements.
+        let gossiped: Vec<&serde_json::Value> = fdb.iter().filter(|r| r["origin"] != "learned").collect();
+        ensure!(gossiped.is_empty(), "host {i} has FDB entries for bridges: {gossiped:?} (bridges {bridges:?})");
+        ensure!(local.is_empty(), "host {i} discovered its bridge as a local endpoint: {local:?}");
+    }
     Ok(())
 }

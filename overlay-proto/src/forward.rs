@@ -57,6 +57,9 @@ pub struct NetworkConfig {
     /// The network's gateway addresses, held by this host's bridge (and every other host's): frames from or asking
     /// for them stay on this host, and remote records never make the responder answer for them.
     pub gateways: Vec<IpAddr>,
+    /// The MACs of this host's bridge: its own frames (IPv6 link-local traffic, ARP from its addresses) are
+    /// forwarded but never discovered as a local endpoint, since the bridge is no container.
+    pub bridge_macs: Vec<MacAddr>,
 }
 
 /// Data-plane learning of (VNI, inner source MAC) → outer source address (RFC 7348 §4.2).
@@ -381,6 +384,7 @@ struct Network {
     learning: Learning,
     encrypted: bool,
     gateways: Vec<IpAddr>,
+    bridge_macs: Vec<MacAddr>,
     /// Configured peers (never this host).
     static_peers: Vec<IpAddr>,
     /// Static FDB VTEPs.
@@ -441,6 +445,7 @@ impl Forwarder {
                 learning: net.learning,
                 encrypted: net.encrypted,
                 gateways: net.gateways,
+                bridge_macs: net.bridge_macs,
                 static_peers: net.peers.iter().copied().filter(|p| *p != config.local_vtep).collect(),
                 static_vteps: net.static_fdb.iter().map(|(_, vtep)| *vtep).collect(),
                 members: BTreeSet::new(),
@@ -484,7 +489,9 @@ impl Forwarder {
             self.stats.kept_local += 1;
             return Egress::Local;
         }
-        self.local.observe(now, network, frame);
+        if !net.bridge_macs.contains(&eth.src_addr()) {
+            self.local.observe(now, network, frame);
+        }
         if let Some(query) = neighbor::query(frame) {
             let ip = match query {
                 NeighborQuery::Arp { target } => IpAddr::V4(target),
@@ -796,6 +803,8 @@ mod tests {
     const H3: [u8; 4] = [198, 18, 0, 3];
     const MAC_A: MacAddr = MacAddr([2, 0x19, 0, 0, 1, 1]);
     const MAC_B: MacAddr = MacAddr([2, 0x19, 0, 0, 2, 1]);
+    /// This host's bridge.
+    const BRIDGE: MacAddr = MacAddr([2, 0x19, 0, 0, 0xbb, 1]);
 
     fn ip(a: [u8; 4]) -> IpAddr {
         IpAddr::from(a)
@@ -818,6 +827,7 @@ mod tests {
             static_fdb: vec![(MAC_B, ip(H2))],
             flood_limit: RateLimit { per_second: 10, burst: 2 },
             gateways: vec![ip([198, 19, 0, 1])],
+            bridge_macs: vec![BRIDGE],
             encrypted: false,
         }
     }
@@ -978,11 +988,33 @@ mod tests {
         let ask = arp_request(MAC_A, [198, 19, 0, 11], [198, 19, 0, 1]);
         assert_eq!(fw.handle_tap_frame(now, 0, &ask), Egress::Local);
         // The bridge asking for a container (sender = gateway) stays local too, and is not a local endpoint.
-        let bridge = MacAddr([2, 0x19, 0, 0, 0xbb, 1]);
-        let from_bridge = arp_request(bridge, [198, 19, 0, 1], [198, 19, 0, 21]);
+        let from_bridge = arp_request(BRIDGE, [198, 19, 0, 1], [198, 19, 0, 21]);
         assert_eq!(fw.handle_tap_frame(now, 0, &from_bridge), Egress::Local);
         assert_eq!(fw.poll_local_event(), None);
         assert_eq!((fw.stats().suppressed, fw.stats().kept_local, fw.stats().tx_flooded), (0, 2, 0));
+    }
+
+    #[test]
+    fn the_bridges_own_frames_are_forwarded_but_never_discovered() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let vni = Vni::new(100).unwrap();
+        let remote = MacAddr([2, 0x19, 0, 0, 2, 1]);
+        fw.handle_control(ControlUpdate::Endpoint { vni, mac: remote, vtep: ip(H2), ips: vec![ip([198, 19, 0, 21])] });
+        // The bridge's IPv6 link-local chatter (MLD reports to 33:33:00:00:00:16) floods as before.
+        let mld = frame(MacAddr([0x33, 0x33, 0, 0, 0, 0x16]), BRIDGE);
+        assert!(matches!(fw.handle_tap_frame(now, 0, &mld), Egress::Flood { .. }));
+        // The bridge asking for a remote endpoint from an address of its own (the ingress address) is answered.
+        let ask = arp_request(BRIDGE, [198, 19, 0, 200], [198, 19, 0, 21]);
+        assert_eq!(fw.handle_tap_frame(now, 0, &ask), Egress::Answer { mac: remote });
+        // Neither made the bridge a local endpoint; the same frames from a container do.
+        assert_eq!(fw.poll_local_event(), None);
+        assert_eq!(fw.local_endpoints().iter().count(), 0);
+        assert!(matches!(
+            fw.handle_tap_frame(now, 0, &frame(MacAddr([0x33, 0x33, 0, 0, 0, 0x16]), MAC_A)),
+            Egress::Flood { .. }
+        ));
+        assert_eq!(fw.poll_local_event(), Some(LocalEvent::Seen { network: 0, mac: MAC_A, ips: vec![] }));
     }
 
     #[test]

@@ -109,14 +109,14 @@ pub enum IpamError {
 pub enum IpamAction {
     /// Set this node's record `key` to `value`.
     SetRecord {
-        /// The `blk/` key.
+        /// The key: `blk/` for a block claim ([`crate::ingress_address`] uses `ep/`).
         key: Vec<u8>,
-        /// The encoded [`BlockClaim`].
+        /// The encoded record: a [`BlockClaim`] for a `blk/` key.
         value: Vec<u8>,
     },
     /// Delete this node's record `key`.
     RemoveRecord {
-        /// The `blk/` key.
+        /// The key.
         key: Vec<u8>,
     },
 }
@@ -371,6 +371,21 @@ impl Ipam {
         let claim = BlockClaim { vni, index, prefix: pool.block_prefix, claimed_at: wall_millis };
         self.actions
             .push_back(IpamAction::SetRecord { key: RecordKey::Block(vni, index).to_bytes(), value: claim.to_bytes() });
+    }
+
+    /// Keeps `addr` from ever being handed out by this node: an address configured for something else (a host's
+    /// fixed ingress address). Unlike an allocation it needs no block; addresses outside the subnet are ignored.
+    pub fn reserve(&mut self, vni: Vni, addr: Ipv4Addr) {
+        if let Some(pool) = self.pools.get_mut(&vni).filter(|p| p.block_of(addr).is_some()) {
+            pool.allocated.insert(addr);
+        }
+    }
+
+    /// Whether `addr` lies in a block this node holds now (settled and unrivalled). An address handed out earlier
+    /// stops being held when an earlier rival claim for its block turns up (after a partition, say).
+    pub fn holds(&self, now: Instant, vni: Vni, addr: Ipv4Addr) -> bool {
+        let Some(pool) = self.pools.get(&vni) else { return false };
+        pool.block_of(addr).is_some_and(|block| pool.usable(self.me, block, now))
     }
 
     /// Gives an address back. Blocks stay claimed while this node runs.

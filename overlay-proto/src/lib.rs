@@ -22,7 +22,8 @@
 //! - [`gossip`]: the control plane: membership, replicated records, dissemination; [`codec`] is its byte format.
 //! - [`service`]: published services (`svc/<name>` records) and the catalog of services and their backends;
 //!   [`balance`] picks a backend per connection; [`wire::proxy`] writes the PROXY protocol v2 header.
-//! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them.
+//! - [`ipam`]: address blocks claimed through gossip, and the addresses handed out from them;
+//!   [`ingress_address`] takes each host's own address for the ingress mesh out of them.
 //! - [`names`]: every endpoint by name and service, for the DNS resolver and the ingress mesh.
 //! - [`keying`]: per-pair X25519 key agreement and make-before-break rekeying for encrypted networks.
 //! - [`sim`]: a deterministic network simulator (virtual time, seeded loss, latency, partitions) that drives
@@ -39,6 +40,7 @@ pub mod fdb;
 pub mod flow;
 pub mod forward;
 pub mod gossip;
+pub mod ingress_address;
 pub mod ipam;
 pub mod keying;
 pub mod local;

@@ -77,6 +77,7 @@ fn host(local: [u8; 4], peer: [u8; 4], encrypted: bool, now: Instant) -> Forward
                 static_fdb: vec![],
                 flood_limit: RateLimit::default(),
                 gateways: Vec::new(),
+                bridge_macs: Vec::new(),
                 encrypted,
             }],
         },

@@ -13,6 +13,8 @@
 //!  definitions are re-published as this node's own (adoption), so a service outlives the host it was published on
 //!  AgentCommand (API: service publish / rm) ─► svc/<name> record with a newer revision
 //!  AgentCommand (api: attach/detach) ─► Ipam (blk/ claims) and own ep/ records; every ep/ record ─► Names (DNS)
+//!  Catalog ─► IngressAddresses ─► Ipam (this host's ingress address per network) ─► ep/ record of the bridge MAC,
+//!                                  and the addresses (watch) ─► daemon: on the bridge, then to the ingress
 //! ```
 //!
 //! Endpoints registered by `weft attach` carry a name and labels; frame-based discovery never overwrites or
@@ -30,6 +32,7 @@ use overlay_proto::codec::Codec;
 use overlay_proto::directory::Directory;
 use overlay_proto::endpoint::{EndpointRecord, NetworkRecord, RecordKey};
 use overlay_proto::gossip::{Event, Gossip, GossipConfig, GossipStats, LocalNode, MemberHealth};
+use overlay_proto::ingress_address::{IngressAddressEvent, IngressAddresses, IngressNetwork};
 use overlay_proto::ipam::{Ipam, IpamAction, IpamConfig, IpamStats};
 use overlay_proto::keying::{KeyEvent, KeyingConfig, KeyingStats, Keyring, TAG_BASE};
 use overlay_proto::local::{LocalEvent, LocalMerge};
@@ -172,6 +175,10 @@ pub struct AgentConfig {
     pub catalog: Option<watch::Sender<Arc<Catalog>>>,
     /// Address pools for `weft attach`.
     pub pools: Vec<PoolConfig>,
+    /// Each network's bridge MAC and configured ingress address, for this host's ingress addresses.
+    pub ingress_networks: Vec<IngressNetwork>,
+    /// Where this host's ingress address per network goes (the daemon puts them on the bridges).
+    pub ingress_addresses: Option<watch::Sender<BTreeMap<Vni, IpAddr>>>,
 }
 
 /// The operating system's CSPRNG, for key shares.
@@ -223,6 +230,7 @@ impl Agent {
             ipam.add_network(pool.vni, pool.network, pool.prefix, Some(pool.block_prefix), pool.gateway)
                 .map_err(|e| anyhow::anyhow!("address pool of network {}: {e}", pool.vni))?;
         }
+        let ingress = IngressAddresses::new(config.vtep, &config.ingress_networks, &mut ipam);
         let names = Arc::new(std::sync::RwLock::new(Names::default()));
         let (commands, commands_rx) = mpsc::channel(256);
         let keyring =
@@ -251,6 +259,7 @@ impl Agent {
             catalog: Arc::new(Catalog::default()),
             catalog_digest: None,
             ipam,
+            ingress,
             pending: Vec::new(),
             attached: HashMap::new(),
             local: LocalMerge::default(),
@@ -288,6 +297,8 @@ struct Driver {
     /// The table digest the catalog was built at.
     catalog_digest: Option<u64>,
     ipam: Ipam,
+    /// This host's own address per network for the ingress mesh.
+    ingress: IngressAddresses,
     /// Allocations waiting for a block claim to settle.
     pending: Vec<PendingAllocation>,
     /// Endpoints registered by attach, which discovery leaves alone.
@@ -320,7 +331,9 @@ impl Driver {
         loop {
             let keying_deadline = self.keyring.as_ref().and_then(Keyring::poll_timeout);
             let ipam_deadline = self.ipam.poll_timeout().filter(|_| !self.pending.is_empty());
+            let ingress_deadline = self.ingress.poll_timeout();
             let deadline = (self.gossip.poll_timeout().into_iter().chain(keying_deadline).chain(ipam_deadline))
+                .chain(ingress_deadline)
                 .min()
                 .unwrap_or_else(|| clock::now() + Duration::from_secs(1));
             tokio::select! {
@@ -486,6 +499,7 @@ impl Driver {
             debug!(service = %record.name, revision = record.revision, removed = record.removed, "adopting a service definition");
             self.gossip.set_record(now, service_key(&record.name), record.to_bytes());
         }
+        self.ingress.handle_catalog(&catalog);
         self.catalog = Arc::new(catalog);
         if let Some(tx) = &self.config.catalog {
             tx.send_replace(self.catalog.clone());
@@ -498,9 +512,11 @@ impl Driver {
         }
     }
 
-    /// Answers the allocations that can be answered, claiming blocks for the others.
+    /// Answers the allocations that can be answered, claiming blocks for the others (this host's ingress addresses
+    /// first).
     fn serve_allocations(&mut self) {
         let (now, wall) = (clock::now(), clock::wall_millis());
+        self.ingress.handle_timeout(now, wall, &mut self.ipam);
         let mut waiting = Vec::new();
         for (deadline, vni, requested, reply) in std::mem::take(&mut self.pending) {
             match self.ipam.allocate(now, wall, vni, requested) {
@@ -531,6 +547,48 @@ impl Driver {
                     self.gossip.remove_record(now, key);
                 }
             }
+        }
+        self.flush_ingress_addresses();
+    }
+
+    /// Publishes this host's ingress address records and hands the addresses to the daemon.
+    fn flush_ingress_addresses(&mut self) {
+        let now = clock::now();
+        while let Some(action) = self.ingress.poll_action() {
+            self.digest_dirty = true;
+            match action {
+                IpamAction::SetRecord { key, value } => {
+                    if let Ok(record) = EndpointRecord::from_bytes(&value) {
+                        self.set_name(self.gossip.id(), record);
+                    }
+                    self.gossip.set_record(now, key, value);
+                }
+                IpamAction::RemoveRecord { key } => {
+                    if let (Some(RecordKey::Endpoint(vni, mac)), Ok(mut names)) =
+                        (RecordKey::parse(&key), self.names.write())
+                    {
+                        names.remove(self.gossip.id(), vni, mac);
+                    }
+                    self.gossip.remove_record(now, key);
+                }
+            }
+        }
+        let mut changed = false;
+        while let Some(event) = self.ingress.poll_event() {
+            changed = true;
+            match event {
+                IngressAddressEvent::Assigned { vni, addr } => info!(%vni, %addr, "ingress address assigned"),
+                IngressAddressEvent::Lost { vni, addr } => {
+                    warn!(%vni, %addr, "ingress address given up: its block went to an earlier claim")
+                }
+                IngressAddressEvent::Unavailable { vni, error } => warn!(
+                    %vni, error = %error,
+                    "no ingress address: backends on other hosts are not reachable from this host until one is free"
+                ),
+            }
+        }
+        if let Some(tx) = self.config.ingress_addresses.as_ref().filter(|_| changed) {
+            tx.send_replace(self.ingress.addresses());
         }
     }
 

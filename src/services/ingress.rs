@@ -19,13 +19,16 @@
 //! Source address: a backend on this host is reached from the bridge's own address (the kernel's choice). A backend
 //! on another host must see a source address that routes back to *this* host through the overlay, and the gateway
 //! address does not (every host's bridge holds it, so the reply would stay on the backend's host): connections to
-//! remote backends are bound to the network's `ingress_address`, which is this host's own. Without one, remote
-//! backends fail their checks on this host and only local ones are used.
+//! remote backends are bound to this host's ingress address on the backend's network (taken from this host's IPAM
+//! block, or the configured `ingress_address`; see `overlay_proto::ingress_address`), which the daemon hands over
+//! once it is on the bridge. Until there is one, a connection to a remote backend fails at once, so the checks keep
+//! it out and clients are served by backends on this host.
 //!
 //! UDP flows are keyed by the client's address and port and end after [`UDP_IDLE`] without traffic either way.
 //! UDP services have no active health check (a UDP service need not answer anything); they follow the records.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -60,8 +63,9 @@ const UDP_QUEUE: usize = 256;
 pub struct IngressConfig {
     /// This host's VTEP: backends behind it are local.
     pub local_vtep: IpAddr,
-    /// Per network, this host's own address in it (`ingress_address`), the source of connections to remote backends.
-    pub sources: HashMap<Vni, IpAddr>,
+    /// Per network, this host's own address in it (on the bridge already), the source of connections to remote
+    /// backends.
+    pub sources: watch::Receiver<BTreeMap<Vni, IpAddr>>,
 }
 
 /// What the API shows of one service.
@@ -214,24 +218,30 @@ impl Service {
         *lock(&self.backends) = meta;
     }
 
-    /// The address to connect from: none for a local backend, the network's ingress address for a remote one.
-    fn source_for(&self, backend: SocketAddr) -> Option<IpAddr> {
+    /// The address to connect from: none for a local backend (the kernel's choice), this host's ingress address
+    /// on the backend's network for a remote one, and an error when there is none (yet): a connection from the
+    /// gateway address would never be answered.
+    fn source_for(&self, backend: SocketAddr) -> std::io::Result<Option<IpAddr>> {
         let meta = lock(&self.backends);
-        let b = meta.get(&backend)?;
-        if b.vtep == self.config.local_vtep {
-            return None;
+        let Some(b) = meta.get(&backend).filter(|b| b.vtep != self.config.local_vtep) else { return Ok(None) };
+        let source = self.config.sources.borrow().get(&b.vni).copied().filter(|s| s.is_ipv4() == backend.is_ipv4());
+        match source {
+            Some(source) => Ok(Some(source)),
+            None => Err(std::io::Error::new(
+                ErrorKind::AddrNotAvailable,
+                format!("no ingress address of this host on network {} (yet) to reach a backend on {}", b.vni, b.vtep),
+            )),
         }
-        self.config.sources.get(&b.vni).copied().filter(|s| s.is_ipv4() == backend.is_ipv4())
     }
 
     async fn connect(&self, backend: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
         let socket = if backend.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if let Some(source) = self.source_for(backend) {
+        if let Some(source) = self.source_for(backend)? {
             socket.bind(SocketAddr::new(source, 0))?;
         }
         match tokio::time::timeout(timeout, socket.connect(backend)).await {
             Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            Err(_) => Err(std::io::Error::new(ErrorKind::TimedOut, "connect timed out")),
         }
     }
 
@@ -501,7 +511,7 @@ async fn start_flow(
         return;
     };
     let upstream = async {
-        let bind = match service.source_for(backend) {
+        let bind = match service.source_for(backend)? {
             Some(source) => SocketAddr::new(source, 0),
             None if backend.is_ipv4() => SocketAddr::from(([0, 0, 0, 0], 0)),
             None => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
@@ -624,7 +634,7 @@ mod tests {
     }
 
     fn ingress() -> Ingress {
-        Ingress::start(IngressConfig { local_vtep: VTEP, sources: HashMap::new() })
+        Ingress::start(IngressConfig { local_vtep: VTEP, sources: watch::channel(BTreeMap::new()).1 })
     }
 
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
