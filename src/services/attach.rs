@@ -172,6 +172,12 @@ fn endpoint_mac(ip: Ipv4Addr) -> MacAddr {
     MacAddr([0x02, 0x57, o[0], o[1], o[2], o[3]])
 }
 
+/// The host's end of the veth pair of the attachment of `netns` to `network`: `wv` and 8 hex digits of a hash of
+/// both. Two attachments can collide (32 bits); attach then refuses the second rather than touch the first.
+pub fn host_interface_name(netns: &str, network: &str) -> String {
+    format!("wv{:08x}", short_hash(netns, network))
+}
+
 /// FNV-1a of the attachment's key, for its host interface name.
 fn short_hash(netns: &str, network: &str) -> u32 {
     let mut h = 0x811c_9dc5u32;
@@ -287,16 +293,14 @@ impl Attacher {
             .context("no address: the control plane stopped")?
             .map_err(|e| anyhow::anyhow!("no address on network {}: {e}", net.name))?;
 
-        let hash = short_hash(&request.netns, &net.name);
-        let host_name = format!("wv{hash:08x}");
-        let peer_name = format!("wp{hash:08x}");
+        let host_name = host_interface_name(&request.netns, &net.name);
+        let peer_name = format!("wp{}", &host_name[2..]);
+        // plumb removes the veth pair it made when a later step fails; an interface it did not make (another
+        // attachment's, whose name collides) is never touched.
         let setup = self.plumb(&net, &request, &netns_file, &host_name, &peer_name, ip, gateway).await;
         let (interface, default_route) = match setup {
             Ok(done) => done,
             Err(e) => {
-                if let Ok(Some(link)) = self.netlink.link_by_name(&host_name).await {
-                    let _ = self.netlink.delete_link(link.index).await;
-                }
                 let _ = agent.send(AgentCommand::Release { vni: net.vni, ip }).await;
                 return Err(e);
             }
@@ -341,7 +345,8 @@ impl Attacher {
         Ok(attachment)
     }
 
-    /// The netlink part of attach; returns the interface name and whether the default route was set.
+    /// The netlink part of attach; returns the interface name and whether the default route was set. When a step
+    /// fails after the veth pair was made, the pair is deleted; an interface plumb did not make is never touched.
     #[allow(clippy::too_many_arguments)]
     async fn plumb(
         &self,
@@ -368,27 +373,37 @@ impl Attacher {
                 .link_by_name(&net.bridge)
                 .await?
                 .with_context(|| format!("bridge {} of network {} is gone", net.bridge, net.name))?;
-            if self.netlink.link_by_name(host_name).await?.is_some() {
-                bail!("interface {host_name} already exists on the host");
+            for name in [host_name, peer_name] {
+                if self.netlink.link_by_name(name).await?.is_some() {
+                    bail!("interface {name} already exists on the host (another attachment's whose name collides)");
+                }
             }
             let (host, peer) = self.netlink.create_veth(host_name, peer_name).await?;
-            disable_ipv6(host_name)?;
-            self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
-            self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
-            let peer = inside
-                .link_by_name(peer_name)
-                .await?
-                .with_context(|| format!("{peer_name} did not arrive in {}", request.netns))?;
-            inside.rename_up(peer.index, &interface).await?;
-            if let Some(lo) = inside.link_by_name("lo").await? {
-                inside.set_up(lo.index).await?;
+            let plumbed = async {
+                disable_ipv6(host_name)?;
+                self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
+                self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
+                let peer = inside
+                    .link_by_name(peer_name)
+                    .await?
+                    .with_context(|| format!("{peer_name} did not arrive in {}", request.netns))?;
+                inside.rename_up(peer.index, &interface).await?;
+                if let Some(lo) = inside.link_by_name("lo").await? {
+                    inside.set_up(lo.index).await?;
+                }
+                inside.add_address(peer.index, IpAddr::V4(ip), net.subnet.prefix_len()).await?;
+                let default_route = !inside.has_default_route().await?;
+                if default_route {
+                    inside.add_default_route(peer.index, gateway).await?;
+                }
+                Ok((interface, default_route))
             }
-            inside.add_address(peer.index, IpAddr::V4(ip), net.subnet.prefix_len()).await?;
-            let default_route = !inside.has_default_route().await?;
-            if default_route {
-                inside.add_default_route(peer.index, gateway).await?;
+            .await;
+            if plumbed.is_err() {
+                // Our end, by index: deleting it removes the pair, wherever the other end is by now.
+                let _ = self.netlink.delete_link(host.index).await;
             }
-            Ok((interface, default_route))
+            plumbed
         }
         .await;
         driver.abort();

@@ -1,0 +1,51 @@
+//! Regression tests for bugs found in the review of session 3 (docs/review notes: /work/notes/s3/review.md).
+//! Each test fails on the code before its fix.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use weft::services::attach::host_interface_name;
+use weft_integration::services::{add_netns, attach, detach, links};
+use weft_integration::weft::{lab_pki, start_weft, WeftConfig};
+use weft_integration::{ping_until, Lab};
+
+/// Two namespace names whose attachments to `blue` hash to the same host interface name (FNV-1a, 32 bits: found
+/// by a birthday search over `rv1-cN`).
+const COLLIDING: [&str; 2] = ["rv1-c936228", "rv1-c1840014"];
+
+/// An attach that fails because its host interface name is taken must not delete the interface that holds the
+/// name: before the fix, the failed attach's cleanup deleted the other attachment's veth pair by name, cutting
+/// that endpoint off its network.
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn a_colliding_attach_fails_without_breaking_the_attachment_it_collides_with() -> Result<()> {
+    let host_name = host_interface_name(COLLIDING[0], "blue");
+    ensure!(host_name == host_interface_name(COLLIDING[1], "blue"), "the two names no longer collide");
+    let lab = Lab::up("rv1", 1, 0, &["blue"])?;
+    let (_, certs) = lab_pki(&lab)?;
+    let config = WeftConfig::with_gossip(&lab, 1, &[("blue", 100)], &certs[0], &[1]);
+    let _daemon = start_weft(&lab, 1, &config.to_toml())?;
+    for ns in COLLIDING {
+        add_netns(ns)?;
+    }
+    let host_ns = lab.host(1).ns;
+
+    let first = attach(&lab, 1, COLLIDING[0], "blue", None, None)?;
+    ensure!(first["host_interface"] == host_name.as_str(), "first attachment: {first}");
+    let gateway: IpAddr = first["gateway"].as_str().context("gateway")?.parse()?;
+    ping_until(COLLIDING[0], gateway, Duration::from_secs(10))?;
+
+    let second = attach(&lab, 1, COLLIDING[1], "blue", None, None);
+    let error = format!("{:#}", second.expect_err("the second attach must fail: its host interface name is taken"));
+    ensure!(error.contains(&host_name) && error.contains("already exists"), "unexpected error: {error}");
+
+    ensure!(links(&host_ns)?.contains(&host_name), "the first attachment's {host_name} was deleted");
+    ensure!(links(COLLIDING[0])?.contains(&"eth0".to_owned()), "the first attachment lost its eth0");
+    ensure!(links(COLLIDING[1])? == ["lo"], "the failed attach left links in {}", COLLIDING[1]);
+    ping_until(COLLIDING[0], gateway, Duration::from_secs(5))?;
+
+    detach(&lab, 1, COLLIDING[0], "blue")?;
+    ensure!(!links(&host_ns)?.contains(&host_name), "detach left {host_name}");
+    Ok(())
+}
