@@ -28,6 +28,8 @@ use super::NetworkInfo;
 const TTL: u32 = 5;
 /// How long one upstream gets to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TCP client has to send its next whole query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest DNS message over UDP we read.
 const MAX_UDP: usize = 4096;
 
@@ -181,6 +183,29 @@ async fn respond(
     }
 }
 
+/// Serves one TCP connection (RFC 7766: a two-byte length prefix per message; several queries may share a
+/// connection) until the client closes it, or sends no whole query within `idle` ([`TCP_IDLE`]): a client that
+/// stops half-way through a message must not hold its connection (a task and a descriptor) for ever.
+async fn serve_tcp<S>(mut stream: S, names: &RwLock<Names>, net: &NetworkInfo, upstreams: &[SocketAddr], idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let read = async {
+            let len = stream.read_u16().await?;
+            let mut request = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut request).await?;
+            std::io::Result::Ok(request)
+        };
+        let Ok(Ok(request)) = tokio::time::timeout(idle, read).await else { return };
+        let Some(answer) = respond(names, net, upstreams, &request).await else { return };
+        let Ok(len) = u16::try_from(answer.len()) else { return };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves DNS on `net`'s gateway until the tasks are aborted.
 pub async fn serve(
     net: NetworkInfo,
@@ -210,25 +235,9 @@ pub async fn serve(
     };
     let tcp_task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = tcp.accept().await else { continue };
+            let Ok((stream, _)) = tcp.accept().await else { continue };
             let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
-            tokio::spawn(async move {
-                // RFC 7766: a two-byte length prefix per message; several queries may share a connection.
-                loop {
-                    let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await else {
-                        return;
-                    };
-                    let mut request = vec![0u8; usize::from(len)];
-                    if stream.read_exact(&mut request).await.is_err() {
-                        return;
-                    }
-                    let Some(answer) = respond(&names, &net, &upstreams, &request).await else { return };
-                    let Ok(len) = u16::try_from(answer.len()) else { return };
-                    if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(async move { serve_tcp(stream, &names, &net, &upstreams, TCP_IDLE).await });
         }
     });
     Ok(vec![udp_task, tcp_task])
@@ -338,6 +347,32 @@ mod tests {
         let failed = Message::from_vec(&servfail(&request.to_vec().unwrap()).unwrap()).unwrap();
         assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(failed.metadata.id, request.metadata.id);
+    }
+
+    /// A TCP client that sends a length and then stalls is dropped after the idle time, like an idle one; before,
+    /// the body was awaited without a deadline and the connection held for ever.
+    #[tokio::test]
+    async fn a_tcp_client_stalling_mid_query_is_dropped() {
+        const IDLE: Duration = Duration::from_millis(200);
+        let names = RwLock::new(names());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move { serve_tcp(server, &names, &net(), &[], IDLE).await });
+        // A whole query is answered.
+        let mut request = Message::query();
+        request.add_query(Query::query(Name::from_ascii("web-1").unwrap(), RecordType::A));
+        let bytes = request.to_vec().unwrap();
+        client.write_u16(bytes.len() as u16).await.unwrap();
+        client.write_all(&bytes).await.unwrap();
+        let len = client.read_u16().await.unwrap();
+        let mut answer = vec![0u8; usize::from(len)];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
+        // Then half a query, and nothing more.
+        client.write_u16(bytes.len() as u16).await.unwrap();
+        client.write_all(&bytes[..3]).await.unwrap();
+        // Generous: the point is that it ends at all, not how fast.
+        let done = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(done.is_ok(), "the connection is still served 10 s after half a query (idle {IDLE:?})");
     }
 
     #[test]
