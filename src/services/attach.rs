@@ -166,6 +166,11 @@ pub(crate) fn valid_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// Whether an endpoint of network `vni` already has `name`. DNS names are case-insensitive, so is this.
+fn name_taken(names: &Names, vni: overlay_proto::Vni, name: &str) -> bool {
+    names.endpoints().any(|e| e.record.vni == vni && e.record.name.eq_ignore_ascii_case(name))
+}
+
 /// The MAC of an attached endpoint: locally administered, unicast, and unique with its address.
 fn endpoint_mac(ip: Ipv4Addr) -> MacAddr {
     let o = ip.octets();
@@ -276,8 +281,7 @@ impl Attacher {
             }
         }
         if let (Some(name), Some(names)) = (&request.name, &self.names) {
-            let taken = names.read().map(|n| n.endpoints().any(|e| e.record.vni == net.vni && &e.record.name == name));
-            if taken.unwrap_or(false) {
+            if names.read().is_ok_and(|n| name_taken(&n, net.vni, name)) {
                 bail!("the name {name:?} is already used on network {}", net.name);
             }
         }
@@ -530,5 +534,25 @@ mod tests {
         assert_eq!(Attacher::netns_path("ns1").unwrap(), PathBuf::from("/run/netns/ns1"));
         assert_eq!(Attacher::netns_path("/proc/1/ns/net").unwrap(), PathBuf::from("/proc/1/ns/net"));
         assert!(Attacher::netns_path("..").is_err());
+    }
+
+    /// `web` and `WEB` are one DNS name: before, attach compared names case-sensitively and let both be taken, and
+    /// DNS then answered `web` with both endpoints' addresses.
+    #[test]
+    fn a_name_is_taken_whatever_its_case() {
+        let vni = overlay_proto::Vni::new(100).unwrap();
+        let mut names = Names::default();
+        let record = EndpointRecord {
+            vni,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec![IpAddr::from([198, 19, 0, 2])],
+            vtep: IpAddr::from([198, 18, 0, 1]),
+            name: "web".into(),
+            labels: vec![],
+        };
+        names.set(overlay_proto::NodeId([1; 16]), record);
+        assert!(name_taken(&names, vni, "web") && name_taken(&names, vni, "WEB"));
+        assert!(!name_taken(&names, vni, "web-2"));
+        assert!(!name_taken(&names, overlay_proto::Vni::new(7).unwrap(), "web"), "names are per network");
     }
 }
