@@ -20,6 +20,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use overlay_proto::names::Names;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::NetworkInfo;
@@ -28,6 +29,8 @@ use super::NetworkInfo;
 const TTL: u32 = 5;
 /// How long one upstream gets to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries (UDP) and connections (TCP) served at once per network.
+const MAX_IN_FLIGHT: usize = 256;
 /// How long a TCP client has to send its next whole query.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest DNS message over UDP we read.
@@ -217,30 +220,50 @@ pub async fn serve(
     let tcp = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("DNS on {addr} (TCP): {e}"))?;
     info!(network = %net.name, %addr, upstreams = upstreams.len(), "DNS up");
     let (net, upstreams) = (Arc::new(net), Arc::new(upstreams));
-    let udp_task = {
-        let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_UDP];
-            loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
-                let request = buf[..n].to_vec();
-                let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
-                tokio::spawn(async move {
-                    if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
-                        let _ = udp.send_to(&answer, from).await;
-                    }
-                });
-            }
-        })
-    };
+    let udp_task = tokio::spawn(serve_udp(udp, names.clone(), net.clone(), upstreams.clone(), MAX_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tcp_task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = tcp.accept().await else { continue };
+            // Beyond the bound the connection is closed at once: the client retries.
+            let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
             let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
-            tokio::spawn(async move { serve_tcp(stream, &names, &net, &upstreams, TCP_IDLE).await });
+            tokio::spawn(async move {
+                serve_tcp(stream, &names, &net, &upstreams, TCP_IDLE).await;
+                drop(permit);
+            });
         }
     });
     Ok(vec![udp_task, tcp_task])
+}
+
+/// Answers the UDP queries arriving on `udp`, each on a task of its own, at most `limit` at once: a query arriving
+/// beyond them is dropped (the client retries), since a forwarded one holds its task and a socket for up to
+/// [`UPSTREAM_TIMEOUT`] per upstream and a flood would otherwise run the daemon out of descriptors.
+async fn serve_udp(
+    udp: Arc<UdpSocket>,
+    names: Arc<RwLock<Names>>,
+    net: Arc<NetworkInfo>,
+    upstreams: Arc<Vec<SocketAddr>>,
+    limit: usize,
+) {
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%from, "DNS query dropped: {limit} queries in flight");
+            continue;
+        };
+        let request = buf[..n].to_vec();
+        let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
+                let _ = udp.send_to(&answer, from).await;
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Starts DNS on every network's gateway; a network whose gateway cannot be bound is logged and skipped.
@@ -373,6 +396,33 @@ mod tests {
         // Generous: the point is that it ends at all, not how fast.
         let done = tokio::time::timeout(Duration::from_secs(10), server).await;
         assert!(done.is_ok(), "the connection is still served 10 s after half a query (idle {IDLE:?})");
+    }
+
+    /// A flood of queries to forward is bounded: with a silent upstream, only `limit` are forwarded (each waits
+    /// for its answer); the rest are dropped. Before, every query got a task and a socket of its own.
+    #[tokio::test]
+    async fn queries_in_flight_are_bounded() {
+        const LIMIT: usize = 4;
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = server.local_addr().unwrap();
+        let upstreams = Arc::new(vec![upstream.local_addr().unwrap()]);
+        let task = tokio::spawn(serve_udp(server, Arc::new(RwLock::new(names())), Arc::new(net()), upstreams, LIMIT));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..3 * LIMIT {
+            let mut request = Message::query();
+            request.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
+            client.send_to(&request.to_vec().unwrap(), at).await.unwrap();
+        }
+        // Every forwarded query reaches the upstream within this second, which is less than UPSTREAM_TIMEOUT: no
+        // permit comes back meanwhile.
+        let mut forwarded = 0;
+        let mut buf = [0u8; 512];
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), upstream.recv_from(&mut buf)).await {
+            forwarded += 1;
+        }
+        task.abort();
+        assert_eq!(forwarded, LIMIT, "queries forwarded at once");
     }
 
     #[test]
