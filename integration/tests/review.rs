@@ -49,3 +49,34 @@ fn a_colliding_attach_fails_without_breaking_the_attachment_it_collides_with() -
     ensure!(!links(&host_ns)?.contains(&host_name), "detach left {host_name}");
     Ok(())
 }
+
+/// A namespace on two networks has one resolv.conf, written by the first attach (the second finds it). Detaching
+/// the first network must not leave the namespace without one: before the fix, the file was deleted and the
+/// namespace, still on the second network, had no DNS configuration.
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn detaching_the_network_that_wrote_resolv_conf_hands_it_to_the_other() -> Result<()> {
+    const NS: &str = "rv2-c1";
+    let lab = Lab::up("rv2", 1, 0, &["blue", "red"])?;
+    let (_, certs) = lab_pki(&lab)?;
+    let config = WeftConfig::with_gossip(&lab, 1, &[("blue", 100), ("red", 200)], &certs[0], &[1]);
+    let _daemon = start_weft(&lab, 1, &config.to_toml())?;
+    add_netns(NS)?;
+    let resolv_conf = std::path::Path::new("/etc/netns").join(NS).join("resolv.conf");
+    let blue = attach(&lab, 1, NS, "blue", None, None)?;
+    let red = attach(&lab, 1, NS, "red", None, None)?;
+    let (blue_gateway, red_gateway) =
+        (blue["gateway"].as_str().context("gateway")?, red["gateway"].as_str().context("gateway")?);
+    ensure!(blue_gateway != red_gateway, "two networks, two gateways: {blue_gateway}");
+    let text = std::fs::read_to_string(&resolv_conf).context("attach wrote no resolv.conf")?;
+    ensure!(text.contains(&format!("nameserver {blue_gateway}")), "after the first attach: {text}");
+
+    detach(&lab, 1, NS, "blue")?;
+    let text =
+        std::fs::read_to_string(&resolv_conf).context("detaching blue left the namespace without resolv.conf")?;
+    ensure!(text.contains(&format!("nameserver {red_gateway}")), "after detaching blue: {text}");
+
+    detach(&lab, 1, NS, "red")?;
+    ensure!(!resolv_conf.exists(), "the last detach left {}", resolv_conf.display());
+    Ok(())
+}

@@ -10,7 +10,8 @@
 //! 5. the endpoint record (`ep/`), with the name and the label `service=S`, gossiped to every host.
 //!
 //! Detach deletes the host's veth end (the kernel removes the pair, and with it the address and routes in the
-//! namespace), the resolv.conf weft wrote, withdraws the record and frees the address.
+//! namespace), the resolv.conf weft wrote (handing it to another network the namespace is still attached to, with
+//! that network's gateway), withdraws the record and frees the address.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -446,6 +447,16 @@ impl Attacher {
         };
         self.undo(&attachment).await?;
         attached.remove(&key);
+        if attachment.resolv_conf.is_some() {
+            // The namespace may still be on another network, whose attach found this file and wrote none: it gets
+            // one now, pointing at its own gateway, rather than no DNS configuration at all.
+            let other = attached.values_mut().find(|a| a.netns == attachment.netns && a.resolv_conf.is_none());
+            if let Some(other) = other {
+                if let IpAddr::V4(gateway) = other.gateway {
+                    other.resolv_conf = self.write_resolv_conf(&other.netns, gateway, &other.domain);
+                }
+            }
+        }
         info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "detached");
         Ok(Some(attachment))
     }
