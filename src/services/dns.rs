@@ -186,6 +186,17 @@ async fn respond(
     }
 }
 
+/// `answer` as UDP may carry it (RFC 1035 §4.2.1, RFC 6891 §6.2.5): one longer than the client's limit (512 bytes,
+/// or the payload size its EDNS record offers) goes back truncated, with TC set and no records, so that the client
+/// asks again over TCP (`tasks.S` of a large service does not fit 512 bytes).
+fn fit_udp(request: &[u8], answer: Vec<u8>) -> Vec<u8> {
+    let limit = Message::from_vec(request).map_or(512, |r| usize::from(r.max_payload()));
+    if answer.len() <= limit {
+        return answer;
+    }
+    Message::from_vec(&answer).ok().and_then(|m| m.truncate().to_vec().ok()).unwrap_or(answer)
+}
+
 /// Serves one TCP connection (RFC 7766: a two-byte length prefix per message; several queries may share a
 /// connection) until the client closes it, or sends no whole query within `idle` ([`TCP_IDLE`]): a client that
 /// stops half-way through a message must not hold its connection (a task and a descriptor) for ever.
@@ -259,7 +270,7 @@ async fn serve_udp(
         let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
         tokio::spawn(async move {
             if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
-                let _ = udp.send_to(&answer, from).await;
+                let _ = udp.send_to(&fit_udp(&request, answer), from).await;
             }
             drop(permit);
         });
@@ -423,6 +434,52 @@ mod tests {
         }
         task.abort();
         assert_eq!(forwarded, LIMIT, "queries forwarded at once");
+    }
+
+    /// `tasks.big` of a 40-endpoint service is ~700 bytes: over UDP to a client without EDNS it comes back
+    /// truncated (TC, no records, under 512 bytes); a client offering 4096 bytes gets it whole. Before, every
+    /// answer went out whole and without TC.
+    #[tokio::test]
+    async fn udp_answers_over_the_client_limit_are_truncated() {
+        let mut names = names();
+        for i in 10..50u8 {
+            let labels = vec![(SERVICE_LABEL.into(), "big".into())];
+            let record = EndpointRecord {
+                vni: Vni::new(100).unwrap(),
+                mac: MacAddr([2, 0, 0, 0, 1, i]),
+                ips: vec![IpAddr::from([198, 19, 0, i])],
+                vtep: IpAddr::from([198, 18, 0, 1]),
+                name: format!("big-{i}"),
+                labels,
+            };
+            names.set(NodeId([i; 16]), record);
+        }
+        let server = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = server.local_addr().unwrap();
+        let task = tokio::spawn(serve_udp(server, Arc::new(RwLock::new(names)), Arc::new(net()), Arc::default(), 8));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for edns in [None, Some(4096u16)] {
+            let mut request = Message::query();
+            request.add_query(Query::query(Name::from_ascii("tasks.big").unwrap(), RecordType::A));
+            if let Some(size) = edns {
+                let mut opt = hickory_proto::op::Edns::new();
+                opt.set_max_payload(size);
+                request.set_edns(opt);
+            }
+            client.send_to(&request.to_vec().unwrap(), at).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.unwrap().unwrap();
+            let answer = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(answer.metadata.id, request.metadata.id);
+            match edns {
+                None => {
+                    assert!(n <= 512, "{n} bytes to a client without EDNS");
+                    assert!(answer.metadata.truncation && answer.answers.is_empty());
+                }
+                Some(_) => assert!(!answer.metadata.truncation && answer.answers.len() == 40, "{n} bytes"),
+            }
+        }
+        task.abort();
     }
 
     #[test]
