@@ -80,3 +80,32 @@ fn detaching_the_network_that_wrote_resolv_conf_hands_it_to_the_other() -> Resul
     ensure!(!resolv_conf.exists(), "the last detach left {}", resolv_conf.display());
     Ok(())
 }
+
+/// The host end of an attachment left by a weft that was killed (no detach) is in the way of attaching that
+/// namespace again; no attachment of the running daemon holds it, so attach removes it and goes on (as it did by
+/// accident before the collision fix, by deleting whatever held the name).
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn an_interface_left_by_a_killed_weft_is_replaced() -> Result<()> {
+    const NS: &str = "rv3-c1";
+    let lab = Lab::up("rv3", 1, 0, &["blue"])?;
+    let (_, certs) = lab_pki(&lab)?;
+    let config = WeftConfig::with_gossip(&lab, 1, &[("blue", 100)], &certs[0], &[1]);
+    let _daemon = start_weft(&lab, 1, &config.to_toml())?;
+    add_netns(NS)?;
+    let host_ns = lab.host(1).ns;
+    let host_name = host_interface_name(NS, "blue");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &host_ns, "link", "add", &host_name, "type", "veth", "peer", "name", "rv3stale"])
+        .output()?;
+    ensure!(out.status.success(), "ip link add: {}", String::from_utf8_lossy(&out.stderr));
+
+    let attachment = attach(&lab, 1, NS, "blue", None, None)?;
+    ensure!(attachment["host_interface"] == host_name.as_str(), "attachment: {attachment}");
+    let links = links(&host_ns)?;
+    ensure!(!links.contains(&"rv3stale".to_owned()), "the stale pair is still there: {links:?}");
+    let gateway: IpAddr = attachment["gateway"].as_str().context("gateway")?.parse()?;
+    ping_until(NS, gateway, Duration::from_secs(10))?;
+    detach(&lab, 1, NS, "blue")?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `weft attach` and `weft detach`: an endpoint in a network namespace, on an overlay network.
 //!
-//! Attach, in order (any failure undoes the steps before it):
+//! Attach, in order (any failure undoes the steps before it; a host interface of the attachment's name that no
+//! attachment holds, left by a weft that was killed, is removed first):
 //! 1. an address from this host's IPAM blocks (the control plane claims a block first if need be);
 //! 2. a veth pair: `wv<hash>` on the host, a port of the network's bridge with the overlay MTU; the other end moves
 //!    into the namespace, gets the MAC `02:57:<IPv4 address>`, the name `ethN` (first free) and the address;
@@ -286,6 +287,23 @@ impl Attacher {
                 bail!("the name {name:?} is already used on network {}", net.name);
             }
         }
+        let host_name = host_interface_name(&request.netns, &net.name);
+        let peer_name = format!("wp{}", &host_name[2..]);
+        if let Some(other) = attached.values().find(|a| a.host_interface == host_name) {
+            bail!(
+                "interface {host_name} already exists: the host end of {}'s attachment to {} (the names collide)",
+                other.netns,
+                other.network
+            );
+        }
+        // A pair of that name that no attachment of this daemon holds was left by a weft killed before it could
+        // detach: stale, and in the way.
+        for name in [&host_name, &peer_name] {
+            if let Some(link) = self.netlink.link_by_name(name).await? {
+                info!(interface = %name, "removing an attachment's interface left by an earlier weft");
+                self.netlink.delete_link(link.index).await?;
+            }
+        }
 
         let (reply, answer) = oneshot::channel();
         agent
@@ -298,8 +316,6 @@ impl Attacher {
             .context("no address: the control plane stopped")?
             .map_err(|e| anyhow::anyhow!("no address on network {}: {e}", net.name))?;
 
-        let host_name = host_interface_name(&request.netns, &net.name);
-        let peer_name = format!("wp{}", &host_name[2..]);
         // plumb removes the veth pair it made when a later step fails; an interface it did not make (another
         // attachment's, whose name collides) is never touched.
         let setup = self.plumb(&net, &request, &netns_file, &host_name, &peer_name, ip, gateway).await;
