@@ -110,8 +110,9 @@ pub struct ServiceRecord {
 }
 
 impl ServiceRecord {
-    /// Whether `self` supersedes `other` (written by `origin` and `other_origin`): newer revision, then higher
-    /// origin id, then the removal, so every host picks the same winner whatever the order it learnt them in.
+    /// Whether `self` supersedes `other` (written by `origin` and `other_origin`): newer revision, then the removal
+    /// (a removal beats a definition of the same revision), then the higher origin id, so every host picks the same
+    /// winner whatever the order it learnt them in.
     fn beats(&self, origin: NodeId, other: &ServiceRecord, other_origin: NodeId) -> bool {
         (self.revision, self.removed, origin) > (other.revision, other.removed, other_origin)
     }

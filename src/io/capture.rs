@@ -117,9 +117,14 @@ impl CapturedFrame {
         if len > 1 << 20 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("capture record of {len} bytes")));
         }
+        let nanos = field(8..12) as u32;
+        if nanos >= 1_000_000_000 {
+            // Duration::new would carry them into the seconds, and panic when those overflow.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("capture record with {nanos} ns")));
+        }
         let mut data = vec![0u8; len];
         from.read_exact(&mut data)?;
-        let time = Duration::new(field(0..8), field(8..12) as u32);
+        let time = Duration::new(field(0..8), nanos);
         Ok(Some(Self { time, outbound: header[12] == 1, data }))
     }
 }
@@ -165,5 +170,16 @@ mod tests {
         assert_eq!((second.outbound, second.data.len()), (false, 70_000));
         assert!(CapturedFrame::read(&mut reader).unwrap().is_none());
         assert!(CapturedFrame::read(&mut &stream[..5]).is_err(), "a cut record is an error");
+    }
+
+    /// A garbled record (a broken stream, or another protocol on the socket) whose nanoseconds field is out of
+    /// range is an error; before, Duration::new panicked when carrying them overflowed the seconds.
+    #[test]
+    fn out_of_range_nanoseconds_are_an_error_not_a_panic() {
+        let mut record = vec![0xff; 8];
+        record.extend_from_slice(&u32::MAX.to_be_bytes());
+        record.extend_from_slice(&[1, 0, 0, 0, 0]);
+        let error = CapturedFrame::read(&mut record.as_slice()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -1,6 +1,7 @@
 //! `weft attach` and `weft detach`: an endpoint in a network namespace, on an overlay network.
 //!
-//! Attach, in order (any failure undoes the steps before it):
+//! Attach, in order (any failure undoes the steps before it; a host interface of the attachment's name that no
+//! attachment holds, left by a weft that was killed, is removed first):
 //! 1. an address from this host's IPAM blocks (the control plane claims a block first if need be);
 //! 2. a veth pair: `wv<hash>` on the host, a port of the network's bridge with the overlay MTU; the other end moves
 //!    into the namespace, gets the MAC `02:57:<IPv4 address>`, the name `ethN` (first free) and the address;
@@ -10,7 +11,8 @@
 //! 5. the endpoint record (`ep/`), with the name and the label `service=S`, gossiped to every host.
 //!
 //! Detach deletes the host's veth end (the kernel removes the pair, and with it the address and routes in the
-//! namespace), the resolv.conf weft wrote, withdraws the record and frees the address.
+//! namespace), the resolv.conf weft wrote (handing it to another network the namespace is still attached to, with
+//! that network's gateway), withdraws the record and frees the address.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -166,10 +168,21 @@ pub(crate) fn valid_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// Whether an endpoint of network `vni` already has `name`. DNS names are case-insensitive, so is this.
+fn name_taken(names: &Names, vni: overlay_proto::Vni, name: &str) -> bool {
+    names.endpoints().any(|e| e.record.vni == vni && e.record.name.eq_ignore_ascii_case(name))
+}
+
 /// The MAC of an attached endpoint: locally administered, unicast, and unique with its address.
 fn endpoint_mac(ip: Ipv4Addr) -> MacAddr {
     let o = ip.octets();
     MacAddr([0x02, 0x57, o[0], o[1], o[2], o[3]])
+}
+
+/// The host's end of the veth pair of the attachment of `netns` to `network`: `wv` and 8 hex digits of a hash of
+/// both. Two attachments can collide (32 bits); attach then refuses the second rather than touch the first.
+pub fn host_interface_name(netns: &str, network: &str) -> String {
+    format!("wv{:08x}", short_hash(netns, network))
 }
 
 /// FNV-1a of the attachment's key, for its host interface name.
@@ -270,9 +283,25 @@ impl Attacher {
             }
         }
         if let (Some(name), Some(names)) = (&request.name, &self.names) {
-            let taken = names.read().map(|n| n.endpoints().any(|e| e.record.vni == net.vni && &e.record.name == name));
-            if taken.unwrap_or(false) {
+            if names.read().is_ok_and(|n| name_taken(&n, net.vni, name)) {
                 bail!("the name {name:?} is already used on network {}", net.name);
+            }
+        }
+        let host_name = host_interface_name(&request.netns, &net.name);
+        let peer_name = format!("wp{}", &host_name[2..]);
+        if let Some(other) = attached.values().find(|a| a.host_interface == host_name) {
+            bail!(
+                "interface {host_name} already exists: the host end of {}'s attachment to {} (the names collide)",
+                other.netns,
+                other.network
+            );
+        }
+        // A pair of that name that no attachment of this daemon holds was left by a weft killed before it could
+        // detach: stale, and in the way.
+        for name in [&host_name, &peer_name] {
+            if let Some(link) = self.netlink.link_by_name(name).await? {
+                info!(interface = %name, "removing an attachment's interface left by an earlier weft");
+                self.netlink.delete_link(link.index).await?;
             }
         }
 
@@ -287,16 +316,12 @@ impl Attacher {
             .context("no address: the control plane stopped")?
             .map_err(|e| anyhow::anyhow!("no address on network {}: {e}", net.name))?;
 
-        let hash = short_hash(&request.netns, &net.name);
-        let host_name = format!("wv{hash:08x}");
-        let peer_name = format!("wp{hash:08x}");
+        // plumb removes the veth pair it made when a later step fails; an interface it did not make (another
+        // attachment's, whose name collides) is never touched.
         let setup = self.plumb(&net, &request, &netns_file, &host_name, &peer_name, ip, gateway).await;
         let (interface, default_route) = match setup {
             Ok(done) => done,
             Err(e) => {
-                if let Ok(Some(link)) = self.netlink.link_by_name(&host_name).await {
-                    let _ = self.netlink.delete_link(link.index).await;
-                }
                 let _ = agent.send(AgentCommand::Release { vni: net.vni, ip }).await;
                 return Err(e);
             }
@@ -341,7 +366,8 @@ impl Attacher {
         Ok(attachment)
     }
 
-    /// The netlink part of attach; returns the interface name and whether the default route was set.
+    /// The netlink part of attach; returns the interface name and whether the default route was set. When a step
+    /// fails after the veth pair was made, the pair is deleted; an interface plumb did not make is never touched.
     #[allow(clippy::too_many_arguments)]
     async fn plumb(
         &self,
@@ -368,27 +394,37 @@ impl Attacher {
                 .link_by_name(&net.bridge)
                 .await?
                 .with_context(|| format!("bridge {} of network {} is gone", net.bridge, net.name))?;
-            if self.netlink.link_by_name(host_name).await?.is_some() {
-                bail!("interface {host_name} already exists on the host");
+            for name in [host_name, peer_name] {
+                if self.netlink.link_by_name(name).await?.is_some() {
+                    bail!("interface {name} already exists on the host (another attachment's whose name collides)");
+                }
             }
             let (host, peer) = self.netlink.create_veth(host_name, peer_name).await?;
-            disable_ipv6(host_name)?;
-            self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
-            self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
-            let peer = inside
-                .link_by_name(peer_name)
-                .await?
-                .with_context(|| format!("{peer_name} did not arrive in {}", request.netns))?;
-            inside.rename_up(peer.index, &interface).await?;
-            if let Some(lo) = inside.link_by_name("lo").await? {
-                inside.set_up(lo.index).await?;
+            let plumbed = async {
+                disable_ipv6(host_name)?;
+                self.netlink.move_to_netns(peer.index, endpoint_mac(ip).0, net.mtu, netns_file).await?;
+                self.netlink.attach_to_bridge(host.index, bridge.index, net.mtu).await?;
+                let peer = inside
+                    .link_by_name(peer_name)
+                    .await?
+                    .with_context(|| format!("{peer_name} did not arrive in {}", request.netns))?;
+                inside.rename_up(peer.index, &interface).await?;
+                if let Some(lo) = inside.link_by_name("lo").await? {
+                    inside.set_up(lo.index).await?;
+                }
+                inside.add_address(peer.index, IpAddr::V4(ip), net.subnet.prefix_len()).await?;
+                let default_route = !inside.has_default_route().await?;
+                if default_route {
+                    inside.add_default_route(peer.index, gateway).await?;
+                }
+                Ok((interface, default_route))
             }
-            inside.add_address(peer.index, IpAddr::V4(ip), net.subnet.prefix_len()).await?;
-            let default_route = !inside.has_default_route().await?;
-            if default_route {
-                inside.add_default_route(peer.index, gateway).await?;
+            .await;
+            if plumbed.is_err() {
+                // Our end, by index: deleting it removes the pair, wherever the other end is by now.
+                let _ = self.netlink.delete_link(host.index).await;
             }
-            Ok((interface, default_route))
+            plumbed
         }
         .await;
         driver.abort();
@@ -427,6 +463,16 @@ impl Attacher {
         };
         self.undo(&attachment).await?;
         attached.remove(&key);
+        if attachment.resolv_conf.is_some() {
+            // The namespace may still be on another network, whose attach found this file and wrote none: it gets
+            // one now, pointing at its own gateway, rather than no DNS configuration at all.
+            let other = attached.values_mut().find(|a| a.netns == attachment.netns && a.resolv_conf.is_none());
+            if let Some(other) = other {
+                if let IpAddr::V4(gateway) = other.gateway {
+                    other.resolv_conf = self.write_resolv_conf(&other.netns, gateway, &other.domain);
+                }
+            }
+        }
         info!(netns = %attachment.netns, network = %attachment.network, address = %attachment.address, "detached");
         Ok(Some(attachment))
     }
@@ -515,5 +561,25 @@ mod tests {
         assert_eq!(Attacher::netns_path("ns1").unwrap(), PathBuf::from("/run/netns/ns1"));
         assert_eq!(Attacher::netns_path("/proc/1/ns/net").unwrap(), PathBuf::from("/proc/1/ns/net"));
         assert!(Attacher::netns_path("..").is_err());
+    }
+
+    /// `web` and `WEB` are one DNS name: before, attach compared names case-sensitively and let both be taken, and
+    /// DNS then answered `web` with both endpoints' addresses.
+    #[test]
+    fn a_name_is_taken_whatever_its_case() {
+        let vni = overlay_proto::Vni::new(100).unwrap();
+        let mut names = Names::default();
+        let record = EndpointRecord {
+            vni,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ips: vec![IpAddr::from([198, 19, 0, 2])],
+            vtep: IpAddr::from([198, 18, 0, 1]),
+            name: "web".into(),
+            labels: vec![],
+        };
+        names.set(overlay_proto::NodeId([1; 16]), record);
+        assert!(name_taken(&names, vni, "web") && name_taken(&names, vni, "WEB"));
+        assert!(!name_taken(&names, vni, "web-2"));
+        assert!(!name_taken(&names, overlay_proto::Vni::new(7).unwrap(), "web"), "names are per network");
     }
 }

@@ -20,6 +20,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use overlay_proto::names::Names;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::NetworkInfo;
@@ -28,6 +29,10 @@ use super::NetworkInfo;
 const TTL: u32 = 5;
 /// How long one upstream gets to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries (UDP) and connections (TCP) served at once per network.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long a TCP client has to send its next whole query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest DNS message over UDP we read.
 const MAX_UDP: usize = 4096;
 
@@ -181,6 +186,40 @@ async fn respond(
     }
 }
 
+/// `answer` as UDP may carry it (RFC 1035 §4.2.1, RFC 6891 §6.2.5): one longer than the client's limit (512 bytes,
+/// or the payload size its EDNS record offers) goes back truncated, with TC set and no records, so that the client
+/// asks again over TCP (`tasks.S` of a large service does not fit 512 bytes).
+fn fit_udp(request: &[u8], answer: Vec<u8>) -> Vec<u8> {
+    let limit = Message::from_vec(request).map_or(512, |r| usize::from(r.max_payload()));
+    if answer.len() <= limit {
+        return answer;
+    }
+    Message::from_vec(&answer).ok().and_then(|m| m.truncate().to_vec().ok()).unwrap_or(answer)
+}
+
+/// Serves one TCP connection (RFC 7766: a two-byte length prefix per message; several queries may share a
+/// connection) until the client closes it, or sends no whole query within `idle` ([`TCP_IDLE`]): a client that
+/// stops half-way through a message must not hold its connection (a task and a descriptor) for ever.
+async fn serve_tcp<S>(mut stream: S, names: &RwLock<Names>, net: &NetworkInfo, upstreams: &[SocketAddr], idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let read = async {
+            let len = stream.read_u16().await?;
+            let mut request = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut request).await?;
+            std::io::Result::Ok(request)
+        };
+        let Ok(Ok(request)) = tokio::time::timeout(idle, read).await else { return };
+        let Some(answer) = respond(names, net, upstreams, &request).await else { return };
+        let Ok(len) = u16::try_from(answer.len()) else { return };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves DNS on `net`'s gateway until the tasks are aborted.
 pub async fn serve(
     net: NetworkInfo,
@@ -192,46 +231,50 @@ pub async fn serve(
     let tcp = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("DNS on {addr} (TCP): {e}"))?;
     info!(network = %net.name, %addr, upstreams = upstreams.len(), "DNS up");
     let (net, upstreams) = (Arc::new(net), Arc::new(upstreams));
-    let udp_task = {
-        let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_UDP];
-            loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
-                let request = buf[..n].to_vec();
-                let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
-                tokio::spawn(async move {
-                    if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
-                        let _ = udp.send_to(&answer, from).await;
-                    }
-                });
-            }
-        })
-    };
+    let udp_task = tokio::spawn(serve_udp(udp, names.clone(), net.clone(), upstreams.clone(), MAX_IN_FLIGHT));
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tcp_task = tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = tcp.accept().await else { continue };
+            let Ok((stream, _)) = tcp.accept().await else { continue };
+            // Beyond the bound the connection is closed at once: the client retries.
+            let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
             let (net, names, upstreams) = (net.clone(), names.clone(), upstreams.clone());
             tokio::spawn(async move {
-                // RFC 7766: a two-byte length prefix per message; several queries may share a connection.
-                loop {
-                    let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), stream.read_u16()).await else {
-                        return;
-                    };
-                    let mut request = vec![0u8; usize::from(len)];
-                    if stream.read_exact(&mut request).await.is_err() {
-                        return;
-                    }
-                    let Some(answer) = respond(&names, &net, &upstreams, &request).await else { return };
-                    let Ok(len) = u16::try_from(answer.len()) else { return };
-                    if stream.write_u16(len).await.is_err() || stream.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
+                serve_tcp(stream, &names, &net, &upstreams, TCP_IDLE).await;
+                drop(permit);
             });
         }
     });
     Ok(vec![udp_task, tcp_task])
+}
+
+/// Answers the UDP queries arriving on `udp`, each on a task of its own, at most `limit` at once: a query arriving
+/// beyond them is dropped (the client retries), since a forwarded one holds its task and a socket for up to
+/// [`UPSTREAM_TIMEOUT`] per upstream and a flood would otherwise run the daemon out of descriptors.
+async fn serve_udp(
+    udp: Arc<UdpSocket>,
+    names: Arc<RwLock<Names>>,
+    net: Arc<NetworkInfo>,
+    upstreams: Arc<Vec<SocketAddr>>,
+    limit: usize,
+) {
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%from, "DNS query dropped: {limit} queries in flight");
+            continue;
+        };
+        let request = buf[..n].to_vec();
+        let (udp, net, names, upstreams) = (udp.clone(), net.clone(), names.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            if let Some(answer) = respond(&names, &net, &upstreams, &request).await {
+                let _ = udp.send_to(&fit_udp(&request, answer), from).await;
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Starts DNS on every network's gateway; a network whose gateway cannot be bound is logged and skipped.
@@ -338,6 +381,105 @@ mod tests {
         let failed = Message::from_vec(&servfail(&request.to_vec().unwrap()).unwrap()).unwrap();
         assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(failed.metadata.id, request.metadata.id);
+    }
+
+    /// A TCP client that sends a length and then stalls is dropped after the idle time, like an idle one; before,
+    /// the body was awaited without a deadline and the connection held for ever.
+    #[tokio::test]
+    async fn a_tcp_client_stalling_mid_query_is_dropped() {
+        const IDLE: Duration = Duration::from_millis(200);
+        let names = RwLock::new(names());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move { serve_tcp(server, &names, &net(), &[], IDLE).await });
+        // A whole query is answered.
+        let mut request = Message::query();
+        request.add_query(Query::query(Name::from_ascii("web-1").unwrap(), RecordType::A));
+        let bytes = request.to_vec().unwrap();
+        client.write_u16(bytes.len() as u16).await.unwrap();
+        client.write_all(&bytes).await.unwrap();
+        let len = client.read_u16().await.unwrap();
+        let mut answer = vec![0u8; usize::from(len)];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
+        // Then half a query, and nothing more.
+        client.write_u16(bytes.len() as u16).await.unwrap();
+        client.write_all(&bytes[..3]).await.unwrap();
+        // Generous: the point is that it ends at all, not how fast.
+        let done = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(done.is_ok(), "the connection is still served 10 s after half a query (idle {IDLE:?})");
+    }
+
+    /// A flood of queries to forward is bounded: with a silent upstream, only `limit` are forwarded (each waits
+    /// for its answer); the rest are dropped. Before, every query got a task and a socket of its own.
+    #[tokio::test]
+    async fn queries_in_flight_are_bounded() {
+        const LIMIT: usize = 4;
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = server.local_addr().unwrap();
+        let upstreams = Arc::new(vec![upstream.local_addr().unwrap()]);
+        let task = tokio::spawn(serve_udp(server, Arc::new(RwLock::new(names())), Arc::new(net()), upstreams, LIMIT));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..3 * LIMIT {
+            let mut request = Message::query();
+            request.add_query(Query::query(Name::from_ascii("example.org.").unwrap(), RecordType::A));
+            client.send_to(&request.to_vec().unwrap(), at).await.unwrap();
+        }
+        // Every forwarded query reaches the upstream within this second, which is less than UPSTREAM_TIMEOUT: no
+        // permit comes back meanwhile.
+        let mut forwarded = 0;
+        let mut buf = [0u8; 512];
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), upstream.recv_from(&mut buf)).await {
+            forwarded += 1;
+        }
+        task.abort();
+        assert_eq!(forwarded, LIMIT, "queries forwarded at once");
+    }
+
+    /// `tasks.big` of a 40-endpoint service is ~700 bytes: over UDP to a client without EDNS it comes back
+    /// truncated (TC, no records, under 512 bytes); a client offering 4096 bytes gets it whole. Before, every
+    /// answer went out whole and without TC.
+    #[tokio::test]
+    async fn udp_answers_over_the_client_limit_are_truncated() {
+        let mut names = names();
+        for i in 10..50u8 {
+            let labels = vec![(SERVICE_LABEL.into(), "big".into())];
+            let record = EndpointRecord {
+                vni: Vni::new(100).unwrap(),
+                mac: MacAddr([2, 0, 0, 0, 1, i]),
+                ips: vec![IpAddr::from([198, 19, 0, i])],
+                vtep: IpAddr::from([198, 18, 0, 1]),
+                name: format!("big-{i}"),
+                labels,
+            };
+            names.set(NodeId([i; 16]), record);
+        }
+        let server = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = server.local_addr().unwrap();
+        let task = tokio::spawn(serve_udp(server, Arc::new(RwLock::new(names)), Arc::new(net()), Arc::default(), 8));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for edns in [None, Some(4096u16)] {
+            let mut request = Message::query();
+            request.add_query(Query::query(Name::from_ascii("tasks.big").unwrap(), RecordType::A));
+            if let Some(size) = edns {
+                let mut opt = hickory_proto::op::Edns::new();
+                opt.set_max_payload(size);
+                request.set_edns(opt);
+            }
+            client.send_to(&request.to_vec().unwrap(), at).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf)).await.unwrap().unwrap();
+            let answer = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(answer.metadata.id, request.metadata.id);
+            match edns {
+                None => {
+                    assert!(n <= 512, "{n} bytes to a client without EDNS");
+                    assert!(answer.metadata.truncation && answer.answers.is_empty());
+                }
+                Some(_) => assert!(!answer.metadata.truncation && answer.answers.len() == 40, "{n} bytes"),
+            }
+        }
+        task.abort();
     }
 
     #[test]

@@ -55,19 +55,18 @@ impl Repr {
     /// A PROXY header for a TCP connection. Both addresses must be of one family for the header: when they are not,
     /// the IPv4 one is written as IPv4-mapped IPv6 (so an IPv4 client of an IPv6 listener keeps its address).
     pub fn tcp(source: SocketAddr, destination: SocketAddr) -> Repr {
-        let (source, destination) = match (source.ip(), destination.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (source, destination),
-            _ => (mapped(source), mapped(destination)),
-        };
+        let (source, destination) = one_family(source, destination);
         Repr::Proxy { source, destination }
     }
 
     /// Bytes [`Repr::emit`] writes.
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
-            + match self {
-                Repr::Proxy { source: SocketAddr::V4(_), .. } => TCP4_LEN,
-                Repr::Proxy { .. } => TCP6_LEN,
+            + match *self {
+                Repr::Proxy { source, destination } => match one_family(source, destination).0 {
+                    SocketAddr::V4(_) => TCP4_LEN,
+                    SocketAddr::V6(_) => TCP6_LEN,
+                },
                 Repr::Local => 0,
             }
     }
@@ -78,6 +77,8 @@ impl Repr {
         match *self {
             Repr::Local => out.extend_from_slice(&[VERSION_2 | COMMAND_LOCAL, 0, 0, 0]),
             Repr::Proxy { source, destination } => {
+                // A `Repr::Proxy` built by hand may mix families; the header has room for one.
+                let (source, destination) = one_family(source, destination);
                 let (family, len) = if source.is_ipv4() { (TCP4, TCP4_LEN) } else { (TCP6, TCP6_LEN) };
                 out.extend_from_slice(&[VERSION_2 | COMMAND_PROXY, family]);
                 out.extend_from_slice(&(len as u16).to_be_bytes());
@@ -133,6 +134,14 @@ fn port(body: &[u8], at: usize) -> u16 {
     u16::from_be_bytes(read(body, at..at + 2))
 }
 
+/// Both addresses as one family: unchanged when they share one, else both IPv6 (the IPv4 one mapped).
+fn one_family(source: SocketAddr, destination: SocketAddr) -> (SocketAddr, SocketAddr) {
+    match (source.ip(), destination.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (source, destination),
+        _ => (mapped(source), mapped(destination)),
+    }
+}
+
 fn mapped(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(a) => SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), addr.port()),
@@ -180,6 +189,21 @@ mod tests {
         let Repr::Proxy { source, .. } = mixed else { panic!("a proxy header") };
         assert_eq!(source, "[::ffff:192.0.2.10]:1".parse().unwrap());
         assert_eq!(mixed.buffer_len(), 52);
+    }
+
+    /// A hand-built `Repr::Proxy` with an IPv4 source and an IPv6 destination: before, emit wrote the TCP4 family
+    /// and length 12 followed by 20 address bytes, a header no reader could take apart.
+    #[test]
+    fn a_mixed_family_repr_is_emitted_as_ipv6() {
+        let source: SocketAddr = "192.0.2.10:1".parse().unwrap();
+        let destination: SocketAddr = "[2001:db8::2]:443".parse().unwrap();
+        let repr = Repr::Proxy { source, destination };
+        let mut out = Vec::new();
+        repr.emit(&mut out);
+        assert_eq!(repr.buffer_len(), out.len());
+        assert_eq!(&out[12..16], &[0x21, 0x21, 0x00, 0x24]);
+        let expected = Repr::Proxy { source: "[::ffff:192.0.2.10]:1".parse().unwrap(), destination };
+        assert_eq!(Repr::parse(&out), Ok((expected, 52)));
     }
 
     #[test]
