@@ -55,6 +55,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 pub const CONNECT_ATTEMPTS: usize = 3;
 /// A UDP flow without traffic for this long is forgotten.
 pub const UDP_IDLE: Duration = Duration::from_secs(30);
+/// Most UDP flows one published port keeps at once (each holds a task and a socket): a datagram from a new client
+/// beyond them is dropped and counted as failed. UDP sources are not authenticated, so without a bound a flood of
+/// (spoofed) clients would use up the daemon's descriptors.
+pub const MAX_UDP_FLOWS: usize = 4096;
 /// Datagrams queued per UDP flow towards its backend.
 const UDP_QUEUE: usize = 256;
 
@@ -492,10 +496,22 @@ async fn udp_loop(service: Arc<Service>, socket: Arc<UdpSocket>) {
                     start_flow(&service, &socket, &mut flows, client, d).await;
                 }
             }
-        } else {
+        } else if make_room(&mut flows, MAX_UDP_FLOWS) {
             start_flow(&service, &socket, &mut flows, client, datagram).await;
+        } else {
+            service.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            service.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a new flow fits under `cap`, after forgetting the flows that ended (their task closed the channel).
+/// The sweep runs only when the table is full, so ended flows of clients that never come back cannot pile up.
+fn make_room<T>(flows: &mut HashMap<SocketAddr, mpsc::Sender<T>>, cap: usize) -> bool {
+    if flows.len() >= cap {
+        flows.retain(|_, f| !f.is_closed());
+    }
+    flows.len() < cap
 }
 
 async fn start_flow(
@@ -699,6 +715,22 @@ mod tests {
         assert_eq!(len, 28, "TCP over IPv4, not IPv4-mapped IPv6");
         assert_eq!(repr, proxy::Repr::Proxy { source: client, destination: SocketAddr::from(([127, 0, 0, 1], port)) });
         ingress.stop();
+    }
+
+    #[test]
+    fn ended_udp_flows_are_forgotten_and_live_ones_capped() {
+        // Review finding: flows of clients that never came back stayed in the table for the life of the listener.
+        let mut flows = HashMap::new();
+        let mut live = Vec::new();
+        for port in 0..4u16 {
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
+            flows.insert(SocketAddr::from(([198, 18, 0, 200], 40_000 + port)), tx);
+            live.push(rx);
+        }
+        assert!(!make_room(&mut flows, 4), "four live flows fill a table of four");
+        drop(live.pop()); // one flow's task ends
+        assert!(make_room(&mut flows, 4), "the ended flow's slot is reused");
+        assert_eq!(flows.len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
