@@ -991,10 +991,14 @@ mod tests {
         }
     }
 
-    /// A v1 Initial (RFC 9000 §17.2.2) for a random-looking connection id, with a body no key opens.
+    /// A v1 Initial (RFC 9000 §17.2.2) for a random-looking 8-byte connection id, with a body no key opens.
     fn fake_initial(datagram_len: usize, seed: u8) -> Vec<u8> {
-        let mut p = vec![0xc0, 0, 0, 0, 1, 8];
-        p.extend((0..8).map(|k| seed.wrapping_mul(31).wrapping_add(k)));
+        fake_initial_with_cid(8, datagram_len, seed)
+    }
+
+    fn fake_initial_with_cid(cid_len: u8, datagram_len: usize, seed: u8) -> Vec<u8> {
+        let mut p = vec![0xc0, 0, 0, 0, 1, cid_len];
+        p.extend((0..cid_len).map(|k| seed.wrapping_mul(31).wrapping_add(k)));
         p.extend([0, 0]); // no source connection id, no token
         let rest = datagram_len - p.len() - 2;
         p.extend([0x40 | (rest >> 8) as u8, rest as u8]);
@@ -1023,8 +1027,7 @@ mod tests {
         short_header.extend([0x5a; 20]);
         let mut other_version = fake_initial(1200, 1);
         other_version[1..5].copy_from_slice(&0x0a1a_2a3a_u32.to_be_bytes());
-        let mut short_cid = fake_initial(1200, 2);
-        short_cid[5] = 4;
+        let short_cid = fake_initial_with_cid(4, 1200, 2);
         let sent: Vec<(Vec<u8>, QuicDrop)> = vec![
             (vec![], QuicDrop::TooShort),
             (vec![0xc0, 0, 0], QuicDrop::TooShort),
@@ -1047,7 +1050,8 @@ mod tests {
             if drops.iter().all(|(reason, n)| n == expected(reason)) {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "counted {drops:?}, sent {sent:?}");
+            let reasons: Vec<_> = sent.iter().map(|(d, r)| (d.len(), r)).collect();
+            assert!(tokio::time::Instant::now() < deadline, "counted {drops:?}, sent (length, reason) {reasons:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // The Initials that got past quinn's reserved-bit check failed its authentication: not connect failures.
