@@ -53,13 +53,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(netns.starts_with('/'));
         }
         assert!(env.args.iter().all(|(k, _)| !k.is_empty()));
+        if let Some(ifname) = &env.ifname {
+            assert!(
+                (1..=15).contains(&ifname.len()) && !ifname.contains(['/', ':']) && ifname != "." && ifname != ".."
+            );
+        }
         if let Some(name) = env.endpoint_name() {
-            assert!(weft::services::attach::valid_label(name));
+            assert!(dns_label(name), "endpoint name {name:?}");
         }
     }
     let Ok(conf) = conf else { return };
     assert!(SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()));
     assert!(!conf.network.is_empty() && !conf.name.is_empty());
+    if let Some(service) = &conf.service {
+        assert!(dns_label(service), "service {service:?}");
+    }
     assert!(conf.prev_result.as_ref().is_none_or(|p| p.is_object()));
     if let Some(ip) = &conf.ip {
         assert!(ip == "auto" || ip.parse::<Ipv4Addr>().is_ok());
@@ -102,3 +110,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(stale.is_empty(), "GC listed a valid attachment: {stale:?}");
     }
 });
+
+/// RFC 1035 §2.3.1, as weft restricts names: 1 to 63 letters, digits and '-', not starting or ending with '-'.
+fn dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     let mut longer = datagram.to_vec();
     longer.extend_from_slice(&[0u8; 16]);
     let after = quic::classify(&longer, CID_LEN, is_local);
-    let header_only = matches!(verdict, Ok(Incoming::Local) | Err(QuicDrop::NotQuic | QuicDrop::UnknownVersion | QuicDrop::UnknownConnection));
+    let header_only = matches!(
+        verdict,
+        Ok(Incoming::Local) | Err(QuicDrop::NotQuic | QuicDrop::UnknownVersion | QuicDrop::UnknownConnection)
+    );
     if header_only {
         assert_eq!(verdict.map(|_| ()), after.map(|_| ()));
     }

@@ -11,7 +11,8 @@
 //!   Fault::Loss(pct) | Fault::Partition ─► nft table `weftrl` in the host's namespace ─► Fault::clear
 //!   PingStream (ping -D, replies as wall-clock times) · Iperf (iperf3 --json --get-server-output in the background)
 //!   Watcher thread ─► `weft peers` of every host every ~250 ms (false deaths) + VmRSS of every weft
-//!   Churn::appear(container) ─► a new endpoint (MAC) sends ─► time until every host's fdb has it (convergence)
+//!   Churn::appear(host, slot) ─► a new endpoint (MacChurn: a container's new MAC sends; AttachChurn: weft attach
+//!        of a fresh namespace, weft detach of the slot's old one) ─► time until every host's fdb has it
 //! ```
 //!
 //! Nothing here sleeps to wait for a condition: waits are [`wait_until`]; the few sleeps pace load or sampling.
