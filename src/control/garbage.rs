@@ -98,8 +98,11 @@ impl Judge {
 
     /// Counts `datagram` if the endpoint will drop it; `None` if it will not.
     pub fn judge(&self, datagram: &[u8]) -> Option<QuicDrop> {
-        let is_local = |cid: &[u8]| cid.len() <= 20 && self.cids.validate(&ConnectionId::new(cid)).is_ok();
-        let verdict = match quic::classify(datagram, self.cids.cid_len(), is_local) {
+        // Ours are exactly `cid_len` bytes; and `validate` must not see another length (it splits the id at 3 bytes
+        // and would panic on a shorter one, which a long header may carry).
+        let cid_len = self.cids.cid_len();
+        let is_local = |cid: &[u8]| cid.len() == cid_len && self.cids.validate(&ConnectionId::new(cid)).is_ok();
+        let verdict = match quic::classify(datagram, cid_len, is_local) {
             Ok(Incoming::Local) => None,
             Ok(Incoming::NewInitial(initial)) => {
                 (!self.initial_authenticates(datagram, &initial)).then_some(QuicDrop::InitialUnauthenticated)

@@ -1028,6 +1028,10 @@ mod tests {
         let mut other_version = fake_initial(1200, 1);
         other_version[1..5].copy_from_slice(&0x0a1a_2a3a_u32.to_be_bytes());
         let short_cid = fake_initial_with_cid(4, 1200, 2);
+        // Destination ids of 0 to 2 bytes: shorter than the connection id check can take.
+        let no_cid = fake_initial_with_cid(0, 1200, 6);
+        let mut handshake_tiny_cid = fake_initial_with_cid(2, 1200, 7);
+        handshake_tiny_cid[0] = 0xe0;
         let sent: Vec<(Vec<u8>, QuicDrop)> = vec![
             (vec![], QuicDrop::TooShort),
             (vec![0xc0, 0, 0], QuicDrop::TooShort),
@@ -1035,6 +1039,8 @@ mod tests {
             (other_version, QuicDrop::UnknownVersion),
             (fake_initial(1000, 3), QuicDrop::InitialTooShort),
             (short_cid, QuicDrop::InitialBadCid),
+            (no_cid, QuicDrop::InitialBadCid),
+            (handshake_tiny_cid, QuicDrop::UnknownConnection),
             (fake_initial(1200, 4), QuicDrop::InitialUnauthenticated),
             (fake_initial(1350, 5), QuicDrop::InitialUnauthenticated),
             (short_header, QuicDrop::UnknownConnection),
