@@ -9,8 +9,8 @@
 #   scripts/fuzz.sh --list                                         the targets
 #
 #     --jobs N   short run: targets fuzzed at once, one core each (default: the number of cores)
-#     TARGET     only these targets. Without any, every target but `config`: that one links the whole weft
-#                crate, whose instrumented build takes minutes more. --all includes it.
+#     TARGET     only these targets. Without any, every target but `config` and `cni`: those link the whole
+#                weft crate, whose instrumented build takes minutes more. --all includes them (test.sh does).
 #
 # Builds in release mode with debug assertions and overflow checks. cargo-fuzz needs nightly-only compiler flags
 # (-Zsanitizer=address); RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them, so no nightly is needed.
@@ -59,7 +59,7 @@ done
 mapfile -t known < <(all_targets)
 if ((${#targets[@]} == 0)); then
     for t in "${known[@]}"; do
-        [[ $t != config || $with_config == 1 ]] && targets+=("$t")
+        [[ ($t != config && $t != cni) || $with_config == 1 ]] && targets+=("$t")
     done
 elif ((with_config)); then
     die "--all and target names do not go together"
@@ -74,10 +74,10 @@ else
     seconds=${seconds:-20}
 fi
 
-# The config target needs the weft crate, behind the fuzz crate's `config` feature. Every cargo call of this run
-# passes the same features, so that switching between targets never rebuilds.
+# The config and cni targets need the weft crate, behind the fuzz crate's `config` feature. Every cargo call of this
+# run passes the same features, so that switching between targets never rebuilds.
 features=()
-printf '%s\n' "${targets[@]}" | grep -qx config && features=(--features config)
+printf '%s\n' "${targets[@]}" | grep -qxE 'config|cni' && features=(--features config)
 
 command -v c++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 ||
     die "no C++ compiler to build libFuzzer with: run scripts/setup.sh as root"

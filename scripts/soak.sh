@@ -5,7 +5,8 @@
 #
 #   scripts/soak.sh                       # 10 minutes
 #   WEFT_SOAK_SECS=120 scripts/soak.sh    # another duration
-#   WEFT_SOAK_CHURN=mac                   # how endpoints come and go (the only one until weft attach/detach exist)
+#   WEFT_SOAK_CHURN=mac                   # how endpoints come and go: attach (the default: weft attach of a new
+#                                         # namespace, weft detach of the old) or mac (a container takes a new MAC)
 #
 # Needs root (network namespaces). Uses target/release/weft, built here (or $WEFT_BIN).
 set -euo pipefail
@@ -17,5 +18,5 @@ root=$PWD
 cargo build --release -p weft
 export WEFT_BIN=${WEFT_BIN:-$root/target/release/weft}
 export WEFT_SOAK_SECS=${WEFT_SOAK_SECS:-600}
-echo "soak: ${WEFT_SOAK_SECS} s, churn ${WEFT_SOAK_CHURN:-mac}, WEFT_BIN=$WEFT_BIN"
+echo "soak: ${WEFT_SOAK_SECS} s, churn ${WEFT_SOAK_CHURN:-attach}, WEFT_BIN=$WEFT_BIN"
 cargo test -p weft-integration --release --test soak -- --include-ignored --nocapture

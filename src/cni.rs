@@ -392,28 +392,36 @@ pub fn check_attachment(env: &Env, conf: &NetConf, attachment: &Attachment) -> R
     }
     let Some(prev) = &conf.prev_result else { return Ok(()) };
     let interfaces = prev.get("interfaces").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let index = interfaces.iter().position(|i| {
-        i.get("name").and_then(Value::as_str) == Some(attachment.interface.as_str())
-            && i.get("sandbox").and_then(Value::as_str) == Some(attachment.netns.as_str())
-    });
-    let Some(index) = index else {
+    // An earlier plugin's result may list the same name in the sandbox too; ours is the entry (ADD appends it last)
+    // that our address points at, so every entry with the name is a candidate, not only the first (the cni fuzz
+    // target found CHECK refusing ADD's own result that way).
+    let candidates: Vec<usize> = (interfaces.iter().enumerate())
+        .filter(|(_, i)| {
+            i.get("name").and_then(Value::as_str) == Some(attachment.interface.as_str())
+                && i.get("sandbox").and_then(Value::as_str) == Some(attachment.netns.as_str())
+        })
+        .map(|(index, _)| index)
+        .collect();
+    if candidates.is_empty() {
         return failed(format!("prevResult has no interface {} in {}", attachment.interface, attachment.netns));
+    }
+    let ips = prev.get("ips").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let listed = candidates.iter().rev().copied().find(|&index| {
+        ips.iter().any(|ip| {
+            ip.get("address").and_then(Value::as_str) == Some(attachment.address.as_str())
+                && ip.get("interface").and_then(Value::as_u64) == Some(index as u64)
+        })
+    });
+    let Some(index) = listed else {
+        return failed(format!(
+            "{} has {}, which prevResult does not list for it",
+            attachment.interface, attachment.address
+        ));
     };
     if let Some(mac) = interfaces[index].get("mac").and_then(Value::as_str) {
         if !mac.eq_ignore_ascii_case(&attachment.mac) {
             return failed(format!("{} has MAC {}, prevResult says {mac}", attachment.interface, attachment.mac));
         }
-    }
-    let ips = prev.get("ips").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let listed = ips.iter().any(|ip| {
-        ip.get("address").and_then(Value::as_str) == Some(attachment.address.as_str())
-            && ip.get("interface").and_then(Value::as_u64) == Some(index as u64)
-    });
-    if !listed {
-        return failed(format!(
-            "{} has {}, which prevResult does not list for it",
-            attachment.interface, attachment.address
-        ));
     }
     Ok(())
 }
@@ -654,6 +662,33 @@ mod tests {
         let mut renamed = attachment();
         renamed.interface = "eth1".into();
         assert_eq!(check_attachment(&e, &conf, &renamed).unwrap_err().code, code::CHECK_FAILED);
+    }
+
+    /// Found by the cni fuzz target: a chained prevResult that already lists the interface name in the sandbox made
+    /// CHECK compare against that entry and refuse ADD's own result.
+    #[test]
+    fn check_accepts_add_result_after_a_previous_entry_with_the_same_name() {
+        let mut conf = NetConf::parse(CONF.as_bytes()).unwrap();
+        let e =
+            env(&[("CNI_COMMAND", "CHECK")].iter().chain(ADD_ENV.iter().skip(1)).copied().collect::<Vec<_>>()).unwrap();
+        conf.prev_result = Some(json!({
+            "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/c1", "mac": "02:00:00:00:00:99"}],
+            "ips": [{"address": "197.19.0.2/24", "interface": 0}]
+        }));
+        conf.prev_result = Some(add_result(&conf, &attachment()));
+        assert_eq!(check_attachment(&e, &conf, &attachment()), Ok(()));
+        // Our entry's MAC is still checked.
+        let mut other_mac = attachment();
+        other_mac.mac = "02:57:c6:13:00:43".into();
+        let err = check_attachment(&e, &conf, &other_mac).unwrap_err();
+        assert!(err.msg.contains("prevResult says 02:57:c6:13:00:42"), "{}", err.msg);
+        // And an address listed only for the earlier entry is not ours.
+        let mut theirs = attachment();
+        theirs.address = "197.19.0.2/24".into();
+        theirs.mac = "02:00:00:00:00:99".into();
+        assert!(check_attachment(&e, &conf, &theirs).is_ok(), "the earlier entry matches as a whole");
+        theirs.mac = attachment().mac;
+        assert_eq!(check_attachment(&e, &conf, &theirs).unwrap_err().code, code::CHECK_FAILED);
     }
 
     #[test]

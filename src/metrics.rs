@@ -224,6 +224,22 @@ pub fn render(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> anyhow::R
         registry.register("gossip_messages", "Gossip messages handled (in) and queued (out)", messages);
         counter(&mut registry, "gossip_rejected", "Gossip claims whose signature or sender did not verify", g.rejected);
         counter(&mut registry, "gossip_malformed", "Undecodable gossip messages", g.malformed);
+        let t = &c.transport;
+        let quic = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in t.quic_drops.iter() {
+            quic.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc_by(n);
+        }
+        registry.register(
+            "quic_drops",
+            "Datagrams to the control port dropped before reaching any QUIC connection, by reason",
+            quic,
+        );
+        counter(
+            &mut registry,
+            "quic_handshakes_refused",
+            "QUIC handshakes refused: TLS authentication failed either way, or an unexpected node answered",
+            t.handshakes_refused,
+        );
         if let Some(k) = &c.keying {
             counter(&mut registry, "rekeys", "Key epochs agreed with peers (first keys and rekeys)", k.rekeys);
             counter(&mut registry, "keying_refused", "Key agreement messages refused", k.refused);
@@ -320,6 +336,9 @@ mod tests {
             "weft_peer_clock_offset_seconds{peer=\"h2\",vtep=\"198.18.0.2\"} -1.5",
             "weft_gossip_convergence_lag_seconds 0.25",
             "weft_sa_epoch{vtep=\"198.18.0.2\"} 3",
+            "weft_quic_drops_total{reason=\"too_short\"} 0",
+            "weft_quic_drops_total{reason=\"initial_unauthenticated\"} 0",
+            "weft_quic_handshakes_refused_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

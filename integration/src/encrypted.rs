@@ -143,12 +143,25 @@ fn keylog_path(lab: &Lab, i: usize) -> PathBuf {
 /// Host `i`'s config: gossip through `seeds`, network [`NET`] encrypted with `mtu =` [`OVERLAY_MTU`], and the
 /// `control` lines added to `[control]`.
 pub fn encrypted_config(lab: &Lab, i: usize, cert: &NodeCert, seeds: &[usize], control: &[String]) -> Result<String> {
+    encrypted_config_with(lab, i, cert, seeds, control, &[])
+}
+
+/// [`encrypted_config`] with `network` lines added to the network's table (`block_prefix = 27`...).
+pub fn encrypted_config_with(
+    lab: &Lab,
+    i: usize,
+    cert: &NodeCert,
+    seeds: &[usize],
+    control: &[String],
+    network: &[String],
+) -> Result<String> {
     let mut config = WeftConfig::with_gossip(lab, i, &[(NET, VNI)], cert, seeds);
     for net in &mut config.networks {
         // with_gossip may say `encrypted = false` (to keep the other gossip tests' VXLAN visible): replace it.
         net.extra.retain(|line| !line.trim_start().starts_with("encrypted"));
         net.extra.push("encrypted = true".to_owned());
         net.extra.push(format!("mtu = {OVERLAY_MTU}"));
+        net.extra.extend(network.iter().cloned());
     }
     let mut text = config.to_toml();
     // WeftConfig writes [control] last, so lines appended here belong to it.

@@ -11,7 +11,8 @@
 //!   Fault::Loss(pct) | Fault::Partition ─► nft table `weftrl` in the host's namespace ─► Fault::clear
 //!   PingStream (ping -D, replies as wall-clock times) · Iperf (iperf3 --json --get-server-output in the background)
 //!   Watcher thread ─► `weft peers` of every host every ~250 ms (false deaths) + VmRSS of every weft
-//!   Churn::appear(container) ─► a new endpoint (MAC) sends ─► time until every host's fdb has it (convergence)
+//!   Churn::appear(host, slot) ─► a new endpoint (MacChurn: a container's new MAC sends; AttachChurn: weft attach
+//!        of a fresh namespace, weft detach of the slot's old one) ─► time until every host's fdb has it
 //! ```
 //!
 //! Nothing here sleeps to wait for a condition: waits are [`wait_until`]; the few sleeps pace load or sampling.
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::encrypted::{encrypted_config, wait_keys, NET, OVERLAY_MTU};
+use crate::encrypted::{encrypted_config_with, wait_keys, NET, OVERLAY_MTU};
+use crate::services::{add_netns, api_request};
 use crate::weft::{fdb, lab_pki, start_weft, tcp_listening, wait_exit, wait_members, NodeCert};
 use crate::{exec_stdout, wait_until, Container, Daemon, Lab, LabOptions};
 
@@ -65,13 +67,25 @@ impl Cluster {
     /// Brings up lab `name` with `hosts` hosts and `containers` containers each (MTU [`OVERLAY_MTU`]), starts weft
     /// everywhere with `control` added to `[control]`, and waits until it has converged.
     pub fn up(name: &str, hosts: usize, containers: usize, control: &[String]) -> Result<Cluster> {
+        Cluster::up_with(name, hosts, containers, control, &[])
+    }
+
+    /// [`Cluster::up`] with `network` lines added to the network's table.
+    pub fn up_with(
+        name: &str,
+        hosts: usize,
+        containers: usize,
+        control: &[String],
+        network: &[String],
+    ) -> Result<Cluster> {
         let lab = Lab::up_with(
             name,
             LabOptions { hosts, containers, nets: vec![NET.to_owned()], mtu: 1500, container_mtu: Some(OVERLAY_MTU) },
         )?;
         let (_, certs) = lab_pki(&lab)?;
-        let configs: Vec<String> =
-            (1..=hosts).map(|i| encrypted_config(&lab, i, &certs[i - 1], &SEEDS, control)).collect::<Result<_>>()?;
+        let configs: Vec<String> = (1..=hosts)
+            .map(|i| encrypted_config_with(&lab, i, &certs[i - 1], &SEEDS, control, network))
+            .collect::<Result<_>>()?;
         let mut daemons = Vec::new();
         for i in 1..=hosts {
             daemons.push(start_weft(&lab, i, &configs[i - 1])?);
@@ -502,16 +516,24 @@ impl Drop for Watcher {
     }
 }
 
-/// A way of making endpoints appear and go silent on the overlay. Today a container takes a new MAC and sends
-/// from it (the old MAC goes silent and is withdrawn after weft's 300 s endpoint timeout); once `weft attach` and
-/// `weft detach` exist, an implementation that attaches and detaches namespaces goes here, and the scenarios that
-/// take a `&mut dyn Churn` use it unchanged.
+/// A way of making endpoints appear on the overlay while the one they replace goes: [`MacChurn`] (a container
+/// takes a new MAC and sends; the old MAC goes silent and is withdrawn after weft's 300 s endpoint timeout) or
+/// [`AttachChurn`] (`weft attach` of a new namespace, then `weft detach` of the old one). The scenarios that take a
+/// `&mut dyn Churn` work with either.
 pub trait Churn {
-    /// Makes a new endpoint appear on host `i` in container slot `c`, and has it send one frame; returns its MAC
-    /// and the moment just before it sent.
+    /// Makes a new endpoint appear on host `i` in slot `c`, replacing the slot's previous one (if any); returns its
+    /// MAC and the moment just before it was created.
     fn appear(&mut self, cluster: &Cluster, i: usize, c: usize) -> Result<(String, Instant)>;
     /// A name for reports.
     fn name(&self) -> &'static str;
+    /// How long after its replacement a previous endpoint may still be in some host's table.
+    fn withdrawn_within(&self) -> Duration {
+        ENDPOINT_TIMEOUT + STALE_SLACK
+    }
+    /// The `[[network]]` lines the churn needs.
+    fn network_config(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// [`Churn`] by changing a container's MAC: each appearance is a new, never-seen MAC
@@ -538,6 +560,90 @@ impl Churn for MacChurn {
 
     fn name(&self) -> &'static str {
         "a container takes a new MAC and sends"
+    }
+}
+
+/// The IPAM block size [`AttachChurn`] configures: /27, 32 addresses per block, 8 blocks in the lab's /24, so 5
+/// hosts each get one (the default /26 leaves 4).
+pub const ATTACH_BLOCK_PREFIX: u8 = 27;
+/// How long [`AttachChurn`] gives a detached endpoint to leave every table (the detach withdraws it at once).
+pub const DETACH_WITHDRAWN_WITHIN: Duration = Duration::from_secs(10);
+
+/// [`Churn`] by `weft attach` and `weft detach` on the hosts' API sockets, make-before-break: each appearance
+/// attaches a fresh namespace (`<lab>-a<n>`) to the network, then detaches the slot's previous namespace and deletes
+/// it. weft derives an endpoint's MAC from its address, so to keep MACs from being reused within seconds (which
+/// would let a stale entry pass for a new one) the addresses are asked for explicitly, walking the host's IPAM block
+/// round robin (the first attach of a host takes what IPAM gives and shows which block the host claimed).
+#[derive(Debug, Default)]
+pub struct AttachChurn {
+    next: u32,
+    /// The namespace and address attached in each (host, slot).
+    slots: std::collections::HashMap<(usize, usize), (String, std::net::Ipv4Addr)>,
+    /// Per host: the first address of its block and the next offset to try.
+    blocks: std::collections::HashMap<usize, (u32, u32)>,
+}
+
+impl AttachChurn {
+    /// The next address of host `i`'s block that no slot or lab container holds and that is not the gateway or
+    /// the subnet's ends.
+    fn next_address(&mut self, cluster: &Cluster, i: usize) -> Option<std::net::Ipv4Addr> {
+        let size = 1u32 << (32 - ATTACH_BLOCK_PREFIX);
+        let options = cluster.lab.options();
+        let mut held: Vec<std::net::Ipv4Addr> = self.slots.values().map(|(_, ip)| *ip).collect();
+        for h in 1..=options.hosts {
+            held.extend((1..=options.containers).map(|c| cluster.container(h, c).ipv4));
+        }
+        let (start, offset) = self.blocks.get_mut(&i)?;
+        for _ in 0..size {
+            let candidate = std::net::Ipv4Addr::from(*start + *offset);
+            *offset = (*offset + 1) % size;
+            let last = candidate.octets()[3];
+            if last > 1 && last < 255 && !held.contains(&candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+}
+
+impl Churn for AttachChurn {
+    fn appear(&mut self, cluster: &Cluster, i: usize, c: usize) -> Result<(String, Instant)> {
+        self.next += 1;
+        let netns = format!("{}-a{}", cluster.lab.name(), self.next);
+        add_netns(&netns)?;
+        let socket = cluster.lab.api_socket(i);
+        let mut params = serde_json::json!({ "netns": netns, "network": NET });
+        if let Some(ip) = self.next_address(cluster, i) {
+            params["ip"] = ip.to_string().into();
+        }
+        let sent = Instant::now();
+        let attached =
+            api_request(&socket, "attach", params.clone()).with_context(|| format!("attach on host {i}: {params}"))?;
+        let mac = attached["mac"].as_str().with_context(|| format!("attachment without mac: {attached}"))?.to_owned();
+        let ip: std::net::Ipv4Addr = crate::services::attached_ip(&attached)?;
+        self.blocks.entry(i).or_insert_with(|| {
+            let mask = u32::MAX << (32 - ATTACH_BLOCK_PREFIX);
+            (u32::from(ip) & mask, (u32::from(ip) & !mask) + 1)
+        });
+        if let Some((old, _)) = self.slots.insert((i, c), (netns, ip)) {
+            api_request(&socket, "detach", serde_json::json!({ "netns": old, "network": NET }))
+                .with_context(|| format!("detach {old} on host {i}"))?;
+            let out = std::process::Command::new("ip").args(["netns", "del", &old]).output()?;
+            ensure!(out.status.success(), "ip netns del {old}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok((mac, sent))
+    }
+
+    fn name(&self) -> &'static str {
+        "weft attach of a new namespace, then weft detach of the one it replaces"
+    }
+
+    fn withdrawn_within(&self) -> Duration {
+        DETACH_WITHDRAWN_WITHIN
+    }
+
+    fn network_config(&self) -> Vec<String> {
+        vec![format!("block_prefix = {ATTACH_BLOCK_PREFIX}")]
     }
 }
 
@@ -632,7 +738,7 @@ pub struct ChurnReport {
 /// convergence timed, membership and RSS sampled throughout; at the end every endpoint still live (each
 /// container's current MAC) must be in every host's fdb.
 pub fn churn_under_loss(name: &str, options: &ChurnOptions, churn: &mut dyn Churn) -> Result<ChurnReport> {
-    let cluster = Cluster::up(name, options.hosts, options.containers, &options.control)?;
+    let cluster = Cluster::up_with(name, options.hosts, options.containers, &options.control, &churn.network_config())?;
     // Every container sends once, so every host starts with every endpoint.
     let mut live: Vec<(usize, usize, String)> = Vec::new();
     for i in cluster.hosts() {
@@ -655,8 +761,8 @@ pub fn churn_under_loss(name: &str, options: &ChurnOptions, churn: &mut dyn Chur
     );
     let start = Instant::now();
     let mut convergence = Vec::new();
-    // MACs that went silent (their container took a new one), and when.
-    let mut retired: Vec<(String, Instant)> = Vec::new();
+    // Endpoints replaced (MAC and owner), and when.
+    let mut retired: Vec<(String, usize, Instant)> = Vec::new();
     let mut k = 0usize;
     while start.elapsed() < options.duration {
         let round = Instant::now();
@@ -667,7 +773,7 @@ pub fn churn_under_loss(name: &str, options: &ChurnOptions, churn: &mut dyn Chur
         let times = time_until_everywhere(&cluster, &mac, i, sent, Duration::from_secs(10))
             .with_context(|| format!("new endpoint {mac} of host {i} after {:?} of loss", start.elapsed()))?;
         convergence.push(times.into_iter().max().unwrap_or_default());
-        retired.push((std::mem::replace(&mut live[slot].2, mac), Instant::now()));
+        retired.push((std::mem::replace(&mut live[slot].2, mac), i, Instant::now()));
         // Pacing, not waiting for a condition.
         thread::sleep(options.change_every.saturating_sub(round.elapsed()));
     }
@@ -682,16 +788,25 @@ pub fn churn_under_loss(name: &str, options: &ChurnOptions, churn: &mut dyn Chur
             }
         }
     }
-    // Endpoints silent well past weft's 300 s timeout are withdrawn everywhere: none left stale.
-    let old: Vec<&String> =
-        retired.iter().filter(|(_, at)| at.elapsed() > ENDPOINT_TIMEOUT + STALE_SLACK).map(|(mac, _)| mac).collect();
+    // Endpoints replaced long enough ago (past weft's 300 s timeout for a silent MAC, seconds for a detach) are
+    // gone everywhere: none left stale. A MAC live again (an address reused by attach) is not stale.
+    let is_live = |mac: &str, owner: usize| live.iter().any(|(o, _, m)| *o == owner && m == mac);
+    let old: Vec<(&String, usize)> = retired
+        .iter()
+        .filter(|(mac, owner, at)| at.elapsed() > churn.withdrawn_within() && !is_live(mac, *owner))
+        .map(|(mac, owner, _)| (mac, *owner))
+        .collect();
     let mut stale = Vec::new();
     if !old.is_empty() {
         for i in cluster.hosts() {
             let table = fdb(&cluster.lab, i)?;
-            stale.extend(
-                old.iter().filter(|mac| table.iter().any(|row| row.mac == ***mac)).map(|mac| ((*mac).clone(), i)),
-            );
+            for (mac, owner) in &old {
+                let vtep = cluster.lab.host(*owner).underlay.to_string();
+                // Elsewhere behind the owner's VTEP; on the owner itself, in any form (a local entry).
+                if table.iter().any(|row| row.mac == **mac && (i == *owner || row.vtep == vtep)) {
+                    stale.push(((*mac).clone(), i));
+                }
+            }
         }
     }
     let watch = watcher.finish();

@@ -10,6 +10,7 @@
 //! identities and bytes.
 
 pub mod agent;
+pub mod garbage;
 pub mod pki;
 pub mod transport;
 

@@ -43,6 +43,8 @@ use bytes::Bytes;
 use overlay_proto::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, ConnectionError, VarInt};
+use quinn_proto::HashedConnectionIdGenerator;
+use ring::rand::SystemRandom;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
@@ -52,6 +54,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, trace};
 
+use super::garbage::{GarbageCountingSocket, Judge, QuicDropSnapshot, QuicDropStats};
 use super::pki::{node_id_of, NodeIdentity};
 use crate::clock;
 
@@ -141,6 +144,9 @@ pub enum TransportError {
     /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
     #[error("QUIC TLS configuration: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The operating system gave no randomness for the connection id key.
+    #[error("no system randomness for the QUIC connection id key")]
+    Random,
     /// `bind` was called outside a tokio runtime.
     #[error("Transport::bind must be called inside a tokio runtime")]
     NoRuntime,
@@ -225,6 +231,8 @@ pub struct TransportStats {
     pub datagrams_dropped: AtomicU64,
     /// Messages dropped: too large, queue full, peer unreachable, stream failed.
     pub messages_dropped: AtomicU64,
+    /// Received datagrams quinn will not use (garbage to the QUIC port), by reason; counted by the socket.
+    pub quic_drops: Arc<QuicDropStats>,
 }
 
 /// A copy of [`TransportStats`] at one moment.
@@ -252,6 +260,8 @@ pub struct TransportStatsSnapshot {
     pub datagrams_dropped: u64,
     /// See [`TransportStats::messages_dropped`].
     pub messages_dropped: u64,
+    /// See [`TransportStats::quic_drops`].
+    pub quic_drops: QuicDropSnapshot,
 }
 
 impl TransportStats {
@@ -270,6 +280,7 @@ impl TransportStats {
             bytes_received: get(&self.bytes_received),
             datagrams_dropped: get(&self.datagrams_dropped),
             messages_dropped: get(&self.messages_dropped),
+            quic_drops: self.quic_drops.snapshot(),
         }
     }
 }
@@ -321,16 +332,33 @@ impl Transport {
         let (server_tls, client_tls) = tls_configs(identity)?;
         let transport = Arc::new(quic_transport_config(&config)?);
 
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+        let server_crypto = Arc::new(QuicServerConfig::try_from(server_tls)?);
+        let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
         server.transport_config(transport.clone());
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
         client.transport_config(transport);
 
-        let mut endpoint = quinn::Endpoint::server(server, config.listen)
-            .map_err(|source| TransportError::Bind { addr: config.listen, source })?;
+        // The socket judges each datagram the way the endpoint will (garbage.rs), so both share the connection id
+        // key; and the fixed bit is not greased, so a datagram with it clear is garbage, not a peer's grease.
+        let cid_key = u64::from_ne_bytes(
+            ring::rand::generate(&SystemRandom::new()).map_err(|_| TransportError::Random)?.expose(),
+        );
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)))
+            .grease_quic_bit(false);
+        let stats = TransportStats::default();
+        let bind_error = |source| TransportError::Bind { addr: config.listen, source };
+        let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
+        let socket = runtime
+            .wrap_udp_socket(std::net::UdpSocket::bind(config.listen).map_err(bind_error)?)
+            .map_err(bind_error)?;
+        let judge = Judge::new(cid_key, server_crypto, stats.quic_drops.clone());
+        let socket = Arc::new(GarbageCountingSocket::new(socket, judge));
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+            .map_err(bind_error)?;
         endpoint.set_default_client_config(client);
-        let local_addr =
-            endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
+        let local_addr = endpoint.local_addr().map_err(bind_error)?;
 
         let (events, receiver) = mpsc::channel(EVENT_QUEUE);
         let inner = Arc::new(Inner {
@@ -338,7 +366,7 @@ impl Transport {
             local_id: identity.id(),
             local_addr,
             events,
-            stats: TransportStats::default(),
+            stats,
             state: Mutex::new(State::default()),
         });
         tokio::spawn(accept_loop(inner.clone()));
@@ -683,10 +711,18 @@ async fn accept_loop(inner: Arc<Inner>) {
                 Ok(connection) => {
                     inner.authenticated(connection).await;
                 }
+                // Already counted by the socket as `initial_unauthenticated` (garbage.rs).
+                Err(e) if is_unauthenticated_initial(&e) => trace!(%addr, error = %e, "garbage Initial"),
                 Err(e) => inner.handshake_failed(addr, e).await,
             }
         });
     }
+}
+
+/// quinn's error for a client Initial that does not open under the Initial keys (quinn-proto `Endpoint::accept`).
+fn is_unauthenticated_initial(error: &ConnectionError) -> bool {
+    matches!(error, ConnectionError::TransportError(e)
+        if e.code == quinn::TransportErrorCode::PROTOCOL_VIOLATION && e.reason == "authentication failed")
 }
 
 /// Reads datagrams and streams from one connection until it closes, then reports it down.
@@ -953,6 +989,87 @@ mod tests {
             }
             seen.push(event);
         }
+    }
+
+    /// A v1 Initial (RFC 9000 §17.2.2) for a random-looking 8-byte connection id, with a body no key opens.
+    fn fake_initial(datagram_len: usize, seed: u8) -> Vec<u8> {
+        fake_initial_with_cid(8, datagram_len, seed)
+    }
+
+    fn fake_initial_with_cid(cid_len: u8, datagram_len: usize, seed: u8) -> Vec<u8> {
+        let mut p = vec![0xc0, 0, 0, 0, 1, cid_len];
+        p.extend((0..cid_len).map(|k| seed.wrapping_mul(31).wrapping_add(k)));
+        p.extend([0, 0]); // no source connection id, no token
+        let rest = datagram_len - p.len() - 2;
+        p.extend([0x40 | (rest >> 8) as u8, rest as u8]);
+        p.extend((0..rest).map(|k| (k as u8).wrapping_mul(seed | 1)));
+        p
+    }
+
+    #[tokio::test]
+    async fn garbage_to_the_port_is_counted_by_reason_and_real_traffic_never() {
+        use overlay_proto::wire::quic::QuicDrop;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_dir, nodes) = make_cluster(dir.path(), &["node-a", "node-b"]);
+        let (a, mut a_events) = start(&ca_dir, &nodes[0]);
+        let (b, mut b_events) = start(&ca_dir, &nodes[1]);
+        // Real traffic both ways, handshake included: nothing counted on either side.
+        a.send_message(b.local_addr(), Bytes::from_static(b"hello"));
+        wait_for(&mut b_events, |e| matches!(e, TransportEvent::Message { .. })).await;
+        b.send_message(a.local_addr(), Bytes::from_static(b"back"));
+        wait_for(&mut a_events, |e| matches!(e, TransportEvent::Message { .. })).await;
+        for t in [&a, &b] {
+            assert_eq!(t.stats().snapshot().quic_drops, Default::default());
+        }
+
+        let mut short_header = vec![0x40];
+        short_header.extend([0x5a; 20]);
+        let mut other_version = fake_initial(1200, 1);
+        other_version[1..5].copy_from_slice(&0x0a1a_2a3a_u32.to_be_bytes());
+        let short_cid = fake_initial_with_cid(4, 1200, 2);
+        // Destination ids of 0 to 2 bytes: shorter than the connection id check can take.
+        let no_cid = fake_initial_with_cid(0, 1200, 6);
+        let mut handshake_tiny_cid = fake_initial_with_cid(2, 1200, 7);
+        handshake_tiny_cid[0] = 0xe0;
+        let sent: Vec<(Vec<u8>, QuicDrop)> = vec![
+            (vec![], QuicDrop::TooShort),
+            (vec![0xc0, 0, 0], QuicDrop::TooShort),
+            (vec![0x00; 40], QuicDrop::NotQuic),
+            (other_version, QuicDrop::UnknownVersion),
+            (fake_initial(1000, 3), QuicDrop::InitialTooShort),
+            (short_cid, QuicDrop::InitialBadCid),
+            (no_cid, QuicDrop::InitialBadCid),
+            (handshake_tiny_cid, QuicDrop::UnknownConnection),
+            (fake_initial(1200, 4), QuicDrop::InitialUnauthenticated),
+            (fake_initial(1350, 5), QuicDrop::InitialUnauthenticated),
+            (short_header, QuicDrop::UnknownConnection),
+        ];
+        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+        for (datagram, _) in &sent {
+            socket.send_to(datagram, a.local_addr()).unwrap();
+        }
+        let expected = |reason| sent.iter().filter(|(_, r)| *r == reason).count() as u64;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let drops = a.stats().snapshot().quic_drops;
+            if drops.iter().all(|(reason, n)| n == expected(reason)) {
+                break;
+            }
+            let reasons: Vec<_> = sent.iter().map(|(d, r)| (d.len(), r)).collect();
+            assert!(tokio::time::Instant::now() < deadline, "counted {drops:?}, sent (length, reason) {reasons:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The Initials that got past quinn's reserved-bit check failed its authentication: not connect failures.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stats = a.stats().snapshot();
+        assert_eq!((stats.connect_failures, stats.handshakes_refused), (0, 0), "{stats:?}");
+        // Still working, and b never saw any of it.
+        b.send_message(a.local_addr(), Bytes::from_static(b"again"));
+        wait_for(&mut a_events, |e| matches!(e, TransportEvent::Message { .. })).await;
+        assert_eq!(b.stats().snapshot().quic_drops, Default::default());
+        a.close();
+        b.close();
     }
 
     #[tokio::test]

@@ -16,8 +16,8 @@
 //! | `esp-random-spi`   | 4500 | a random SPI (≥ 256, not `--spi`), random body         | `unknown_spi`          |
 //! | `esp-short`        | 4500 | 0 to 3 bytes, or `--spi` with fewer bytes than an ICV  | `esp_malformed`        |
 //! | `replay`           | 4500 | the ESP packets of `--payloads` (hex, one a line)      | `replay`               |
-//! | `quic-garbage`     | 7946 | 1 to 1400 random bytes                                 | (quinn drops them)     |
-//! | `quic-initial`     | 7946 | QUIC v1 long-header Initials, random contents, 1200 B  | (quinn drops them)     |
+//! | `quic-garbage`     | 7946 | 1 to 1400 random bytes                                 | `transport.quic_drops` |
+//! | `quic-initial`     | 7946 | QUIC v1 long-header Initials, random contents, 1200 B  | `quic_drops.initial_unauthenticated` |
 //!
 //! ```text
 //! weft-inject --src 198.18.0.2 --dst 198.18.0.1 --kind esp-bad-icv --spi 0x1234 --seq 100000 --count 2000 --rate 5000

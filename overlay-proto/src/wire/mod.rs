@@ -13,6 +13,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod outer;
 pub mod proxy;
+pub mod quic;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
