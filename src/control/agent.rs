@@ -132,6 +132,8 @@ pub enum AgentCommand {
         vni: Vni,
         /// Its MAC.
         mac: MacAddr,
+        /// Answered once the record and its name are gone, so the name can be attached again at once.
+        done: oneshot::Sender<()>,
     },
     /// Publish (or re-define) a service cluster-wide. Its revision is set by the agent.
     PublishService {
@@ -446,7 +448,7 @@ impl Driver {
                 self.attached.insert((record.vni, record.mac), record);
                 self.digest_dirty = true;
             }
-            AgentCommand::Withdraw { vni, mac } => {
+            AgentCommand::Withdraw { vni, mac, done } => {
                 info!(%vni, %mac, "endpoint detached");
                 self.attached.remove(&(vni, mac));
                 self.gossip.remove_record(now, RecordKey::Endpoint(vni, mac).to_bytes());
@@ -454,6 +456,7 @@ impl Driver {
                     names.remove(self.gossip.id(), vni, mac);
                 }
                 self.digest_dirty = true;
+                let _ = done.send(());
             }
             AgentCommand::PublishService { mut record, reply } => {
                 record.revision = revision(&record.name, &self.catalog);

@@ -531,7 +531,12 @@ impl Attacher {
         let net = self.network(&a.network)?;
         if let (Some(agent), IpAddr::V4(ip)) = (&self.agent, a.ip) {
             let mac = endpoint_mac(ip);
-            let _ = agent.send(AgentCommand::Withdraw { vni: net.vni, mac }).await;
+            // Wait for the withdrawal: a detach that returned before it could see its name refused when attached
+            // again at once (churn test, under load).
+            let (done, withdrawn) = tokio::sync::oneshot::channel();
+            if agent.send(AgentCommand::Withdraw { vni: net.vni, mac, done }).await.is_ok() {
+                let _ = withdrawn.await;
+            }
             let _ = agent.send(AgentCommand::Release { vni: net.vni, ip }).await;
         }
         Ok(())
