@@ -88,13 +88,18 @@ pub async fn serve(addr: SocketAddr, api: Arc<Api>) -> anyhow::Result<tokio::tas
 async fn answer(mut stream: TcpStream, api: &Api) -> anyhow::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk)).await??;
-        if n == 0 {
-            break;
+    // One deadline for the whole request head: a client trickling a byte at a time cannot hold the connection.
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
         }
-        head.extend_from_slice(&chunk[..n]);
-    }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await??;
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let mut parts = std::str::from_utf8(line).unwrap_or_default().split_whitespace();
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());

@@ -128,7 +128,7 @@ pub struct IpamStats {
     pub claims: u64,
     /// Claims this node withdrew because a rival won.
     pub lost: u64,
-    /// Claim records that did not decode or did not match their key.
+    /// Claim records that did not decode, did not match their key, or named a block outside the subnet.
     pub undecodable: u64,
 }
 
@@ -247,7 +247,12 @@ impl Ipam {
                 Some(RecordKey::Block(vni, index)) => {
                     let Some(pool) = self.pools.get_mut(&vni) else { return };
                     match BlockClaim::from_bytes(value) {
-                        Ok(c) if c.vni == vni && c.index == index && c.prefix == pool.block_prefix => {
+                        Ok(c)
+                            if c.vni == vni
+                                && c.index == index
+                                && c.prefix == pool.block_prefix
+                                && index < pool.blocks() =>
+                        {
                             pool.claims.entry(index).or_default().insert(*origin, c.claimed_at);
                             pool.held.remove(&index);
                             self.resolve(now, vni, index);
@@ -517,6 +522,24 @@ mod tests {
         let mut bytes = claim.to_bytes();
         bytes[8] = 33;
         assert_eq!(BlockClaim::from_bytes(&bytes), Err(DecodeError::Invalid("block prefix")));
+    }
+
+    #[test]
+    fn a_claim_on_a_block_outside_the_subnet_is_refused() {
+        // Review finding: a remote claim's index was not checked against the pool, so claims past the subnet were
+        // stored (and counted as held blocks).
+        let mut a = ipam(1);
+        let now = Instant::now();
+        let outside = BlockClaim { vni: vni(), index: 4, prefix: 26, claimed_at: 1 }; // a /24 has blocks 0..4
+        let event =
+            Event::RecordSet { origin: node(2), key: RecordKey::Block(vni(), 4).to_bytes(), value: outside.to_bytes() };
+        a.handle_event(now, &event);
+        assert_eq!(a.stats().undecodable, 1);
+        let inside = BlockClaim { index: 3, ..outside };
+        let event =
+            Event::RecordSet { origin: node(2), key: RecordKey::Block(vni(), 3).to_bytes(), value: inside.to_bytes() };
+        a.handle_event(now, &event);
+        assert_eq!(a.stats().undecodable, 1);
     }
 
     #[test]

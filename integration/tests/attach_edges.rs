@@ -1,5 +1,8 @@
-//! Regression tests for bugs found in the review of session 3 (docs/review notes: /work/notes/s3/review.md).
-//! Each test fails on the code before its fix.
+//! Attach and detach at their edges, each a regression test for a bug found in review (it fails on the code before
+//! its fix):
+//! - two attachments whose host interface names collide: the second fails and leaves the first alone;
+//! - an interface a killed weft left behind is replaced by the next attach;
+//! - a namespace on two networks keeps its resolv.conf when the network that wrote it is detached.
 
 use std::net::IpAddr;
 use std::time::Duration;
