@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -575,45 +575,6 @@ pub fn holds_for(period: Duration, what: &str, mut f: impl FnMut() -> Result<boo
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Sends `file` over TCP (IPv4) from `from` to `to` with socat, within `timeout`, and checks that what arrives has
-/// the sha256 `expected`.
-pub fn transfer(
-    lab: &Lab,
-    from: &Container,
-    to: &Container,
-    file: &Path,
-    name: &str,
-    expected: &str,
-    timeout: Duration,
-) -> Result<()> {
-    const PORT: u16 = 5001;
-    let bytes = std::fs::metadata(file)?.len();
-    let out = lab.dir().join(name);
-    let listen = format!("TCP-LISTEN:{PORT},reuseaddr");
-    let create = format!("CREATE:{}", out.display());
-    let receiver = lab.spawn(&to.ns, &["socat", "-u", &listen, &create])?;
-    wait_until(Duration::from_secs(5), "socat to listen", || tcp_listening(&to.ns, PORT))?;
-
-    let start = Instant::now();
-    let open = format!("OPEN:{}", file.display());
-    let connect = format!("TCP:{}:{PORT}", to.ipv4);
-    let limit = timeout.as_secs().to_string();
-    exec_stdout(&from.ns, &["timeout", &limit, "socat", "-u", &open, &connect])
-        .with_context(|| format!("sending {} from {} to {}", file.display(), from.ns, to.ns))?;
-    let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
-    let (status, log) = wait_exit(&receiver, left)?;
-    ensure!(status.success(), "receiving socat in {} failed ({status}): {log}", to.ns);
-    let elapsed = start.elapsed();
-    eprintln!("{} -> {}: {bytes} bytes in {elapsed:.2?}", from.ns, to.ns);
-
-    let size = std::fs::metadata(&out)?.len();
-    ensure!(size == bytes, "{} -> {}: {size} of {bytes} bytes arrived", from.ns, to.ns);
-    let got = sha256(&out)?;
-    ensure!(got == expected, "{} -> {}: sha256 {got}, sent {expected}", from.ns, to.ns);
-    std::fs::remove_file(&out)?;
-    Ok(())
 }
 
 /// A file of `bytes` random bytes in the lab's directory.
