@@ -197,11 +197,9 @@ impl Snapshot {
         self.underlay_errors += other.underlay_errors;
         self.offload_errors += other.offload_errors;
         self.underlay.merge(&other.underlay);
-        for row in other.fdb {
-            if !self.fdb.iter().any(|r| r.vni == row.vni && r.mac == row.mac) {
-                self.fdb.push(row);
-            }
-        }
+        // Tables run to thousands of entries: look them up by key, not by scanning.
+        let known: std::collections::HashSet<(Vni, MacAddr)> = self.fdb.iter().map(|r| (r.vni, r.mac)).collect();
+        self.fdb.extend(other.fdb.into_iter().filter(|r| !known.contains(&(r.vni, r.mac))));
         for (network, mac, ips) in other.local {
             match self.local.iter_mut().find(|(n, m, _)| *n == network && *m == mac) {
                 Some((_, _, mine)) => {
