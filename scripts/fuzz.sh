@@ -6,6 +6,8 @@
 #                                                                  (default 20)
 #   scripts/fuzz.sh --long [--seconds N] [--all | TARGET...]       hours: each target N s (default 3600) on
 #                                                                  every core, carrying on past findings
+#   scripts/fuzz.sh --build-only [--all | TARGET...]               only build (test.sh builds while the namespace
+#                                                                  suite runs, then fuzzes)
 #   scripts/fuzz.sh --list                                         the targets
 #
 #     --jobs N   short run: targets fuzzed at once, one core each (default: the number of cores)
@@ -37,6 +39,7 @@ all_targets() {
 cpus=$(nproc 2>/dev/null || echo 1)
 seconds=""
 long=0
+build_only=0
 parallel=$cpus
 targets=()
 with_config=0
@@ -49,9 +52,10 @@ while (($#)); do
             [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive number"
             parallel=$2; shift 2 ;;
         --long) long=1; shift ;;
+        --build-only) build_only=1; shift ;;
         --all) with_config=1; shift ;;
         --list) all_targets; exit 0 ;;
-        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -94,6 +98,7 @@ build_args=(--release --debug-assertions "${features[@]}")
 (cd "$fuzz_dir" && cargo fuzz build "${build_args[@]}") || die "build failed"
 build_secs=$((SECONDS - build_start))
 say "built in ${build_secs} s"
+((build_only)) && exit 0
 
 logs=$fuzz_dir/target/fuzz-logs
 mkdir -p "$logs"

@@ -1,7 +1,7 @@
-//! Helpers for the tests of encrypted networks (`integration/tests/encrypted.rs`): a lab whose hosts run weft with
-//! gossip and one encrypted network, waiting until every pair of hosts has agreed keys, reading pcap files without
-//! tshark (to search raw bytes and to pull ESP payloads out for re-sending), injecting hand-made UDP datagrams from
-//! a namespace, and moving files and iperf3 streams between containers.
+//! Helpers for the tests of encrypted networks (`integration/tests/suite/encrypted.rs`): a lab whose hosts run weft
+//! with gossip and one encrypted network, waiting until every pair of hosts has agreed keys, reading pcap files
+//! without tshark (to search raw bytes and to pull ESP payloads out for re-sending), injecting hand-made UDP
+//! datagrams from a namespace, and moving files and iperf3 streams between containers.
 //!
 //! ```text
 //!   EncryptedLab::up(name, &opts) ─► Lab::up_with (container MTU 1400) ─► lab_pki ─► WeftConfig::with_gossip

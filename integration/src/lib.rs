@@ -1,7 +1,8 @@
 //! Harness for the root-only multi-host tests.
 //!
 //! Every "host" is a network namespace made by `scripts/lab.sh`, which this crate drives; the tests in
-//! `integration/tests/` run weft daemons inside those namespaces and check traffic between the containers.
+//! `integration/tests/suite/` (one module per area, all linked into one test binary) run weft daemons inside those
+//! namespaces and check traffic between the containers.
 //!
 //! ```text
 //!   Lab::up ──► scripts/lab.sh up ──► NAME-ul (switch) ─┬─ NAME-h1 ── br-blue ── NAME-h1-blue-c1 ...
