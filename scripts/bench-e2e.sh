@@ -133,10 +133,40 @@ repeat() {
     med=$(tr ' ' '\n' <<<"$runs_out" | median)
 }
 
-# Gb/s received with $1 parallel TCP streams.
+# CPU time in clock ticks: every CPU's busy time (user, nice, system, irq, softirq: not idle, iowait or steal), and
+# the weft processes' user and system time (all their threads), as "machine weft_user weft_system".
+cpu_ticks() {
+    local pid u=0 s=0 fields
+    for pid in "${weft_pids[@]}"; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the command name (which may hold spaces).
+        read -r -a fields < <(sed 's/^.*) //' "/proc/$pid/stat")
+        u=$((u + fields[11])) s=$((s + fields[12]))
+    done
+    awk -v u="$u" -v s="$s" '/^cpu / { print $2 + $3 + $4 + $7 + $8, u, s; exit }' /proc/stat
+}
+
+# Gb/s received with $1 parallel TCP streams. With one stream, also appends the CPU the run cost to
+# $workdir/cpu-$current: "GB received, machine CPU-s, weft user CPU-s, weft system CPU-s".
 tcp_gbps() {
-    ip netns exec "$C1" iperf3 -c "$DST" -t "$time_s" -P "$1" -J \
-        | jq '.end.sum_received.bits_per_second' | awk '{ printf "%.2f", $1 / 1e9 }'
+    local before after report
+    before=$(cpu_ticks)
+    report=$(ip netns exec "$C1" iperf3 -c "$DST" -t "$time_s" -P "$1" -J)
+    after=$(cpu_ticks)
+    if (($1 == 1)); then
+        jq -r '.end.sum_received.bytes' <<<"$report" | awk -v b="$before" -v a="$after" -v hz="$(getconf CLK_TCK)" '
+            { split(b, x, " "); split(a, y, " ")
+              printf "%.4f %.3f %.3f %.3f\n", $1 / 1e9, (y[1] - x[1]) / hz, (y[2] - x[2]) / hz, (y[3] - x[3]) / hz }' \
+            >>"$workdir/cpu-$current"
+    fi
+    jq '.end.sum_received.bits_per_second' <<<"$report" | awk '{ printf "%.2f", $1 / 1e9 }'
+}
+
+# CPU-seconds per GB received over the one-stream runs of the current path, from $workdir/cpu-$current: the
+# machine's (everything: both iperf3, both hosts' kernels, weft), and weft's own user and system time.
+cpu_per_gb() {
+    awk '{ gb += $1; m += $2; u += $3; s += $4 }
+        END { if (gb > 0) printf "%.2f %.2f %.2f\n", m / gb, u / gb, s / gb; else print "n/a n/a n/a" }' \
+        "$workdir/cpu-$current"
 }
 
 # Thousands of 64-byte frames received per second, the sender going as fast as it can.
@@ -151,6 +181,8 @@ measure() {
     wait_for 30 "a first ping over $current" ip netns exec "$C1" ping -c 1 -W 1 "$DST"
     repeat "TCP, 1 stream (Gb/s)" tcp_gbps 1
     R[$current.tcp1]=$med R[$current.tcp1_runs]=$runs_out
+    read -r "R[$current.cpu]" "R[$current.cpu_user]" "R[$current.cpu_sys]" < <(cpu_per_gb)
+    log "$current: CPU-s per GB, one stream: machine ${R[$current.cpu]}, weft user ${R[$current.cpu_user]}, weft system ${R[$current.cpu_sys]}"
     repeat "TCP, 8 streams (Gb/s)" tcp_gbps 8
     R[$current.tcp8]=$med R[$current.tcp8_runs]=$runs_out
     repeat "64-byte frames (kpps)" udp_kpps
@@ -292,8 +324,19 @@ for path in $paths; do
     runs_table+="
 | ${NAME[$path]} | ${R[$path.tcp1_runs]} | ${R[$path.tcp8_runs]} | ${R[$path.pps_runs]} |"
 done
+cpu_table="| path | machine | weft, user | weft, system |
+| --- | --- | --- | --- |"
+for path in $paths; do
+    if [[ $path == kernel ]]; then
+        cpu_table+="
+| ${NAME[$path]} | ${R[$path.cpu]} | | |"
+    else
+        cpu_table+="
+| ${NAME[$path]} | ${R[$path.cpu]} | ${R[$path.cpu_user]} | ${R[$path.cpu_sys]} |"
+    fi
+done
 section "results: medians of $runs runs of ${time_s}s (UDP: $(((time_s + 1) / 2))s), $PINGS pings per path"
-printf '%s\n\nEvery run:\n%s\n' "$table" "$runs_table"
+printf '%s\n\nEvery run:\n%s\n\nCPU-seconds per GB received, one TCP stream (all runs):\n%s\n' "$table" "$runs_table" "$cpu_table"
 
 if ((write)); then
     doc=$root/docs/performance.md
@@ -316,7 +359,13 @@ $table
 
 Every run:
 
-$runs_table"
+$runs_table
+
+CPU-seconds per GB received with one TCP stream, over all its runs: the machine's busy time (both iperf3, both
+hosts' kernels, weft; from /proc/stat) and the two weft processes' own user and system time (/proc/PID/stat). When
+the cores are saturated, a path's throughput is the cores over its machine figure.
+
+$cpu_table"
     if [[ ! -f $doc ]]; then
         printf '# Performance\n\nFigures measured on this project'"'"'s lab; each section says how it was measured.\n' >"$doc"
     fi
