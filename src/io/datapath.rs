@@ -15,7 +15,8 @@
 //! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
 //!
 //! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, whose
-//! slots are freed when a network's members change and a VTEP is no longer known to the forwarder; and frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
+//! slots are freed when a network's members change and a VTEP is no longer known to the forwarder; and frames are
+//! copied to `weft capture` ([`Captures`]) only while a capture is open.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;

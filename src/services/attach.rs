@@ -169,7 +169,7 @@ pub(crate) fn valid_label(name: &str) -> bool {
 }
 
 /// An endpoint's name: DNS labels joined by dots, at most 253 characters, whose first label is not `tasks` (that
-/// prefix is DNS's `tasks.S`). One label for `weft attach`; CNI names Kubernetes pods `<pod>.<namespace>`.
+/// prefix is DNS's `tasks.S`). Usually one label; weft-cni names Kubernetes pods `<pod>.<namespace>`.
 pub(crate) fn valid_name(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(valid_label)
