@@ -306,7 +306,8 @@ fn underlay_json(u: &crate::io::underlay::UnderlayStats) -> Value {
     json!({
         "mode": u.mode, "xsk_bind": u.xsk_bind, "xdp_attach": u.xdp_attach, "xsk_sockets": u.xsk_sockets,
         "xsk_rx": u.xsk_rx, "xsk_tx": u.xsk_tx, "xsk_rx_malformed": u.xsk_rx_malformed,
-        "neighbour_misses": u.neighbour_misses, "tx_ring_full": u.tx_ring_full, "kernel_rx": u.kernel_rx,
+        "neighbour_misses": u.neighbour_misses, "tx_ring_full": u.tx_ring_full,
+        "tx_oversize": u.tx_oversize, "kernel_rx": u.kernel_rx,
         "xsk_rx_ring_full": u.xsk_rx_ring_full, "xsk_rx_dropped": u.xsk_rx_dropped, "xsk_fill_empty": u.xsk_fill_empty,
     })
 }
@@ -443,4 +444,17 @@ fn fdb_json(s: &Snapshot) -> Value {
         })
         .collect();
     json!({ "fdb": rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::underlay::UnderlayStats;
+
+    #[test]
+    fn underlay_stats_show_oversize_apart_from_ring_full() {
+        let u = UnderlayStats { mode: "af_xdp", tx_ring_full: 1, tx_oversize: 2, ..UnderlayStats::default() };
+        let json = underlay_json(&u);
+        assert_eq!((json["tx_ring_full"].as_u64(), json["tx_oversize"].as_u64()), (Some(1), Some(2)), "{json}");
+    }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::services::attach::{valid_ifname, valid_label, Attachment};
+use crate::services::attach::{valid_ifname, valid_label, valid_name, Attachment};
 
 /// The spec versions this plugin speaks, oldest first. Configs of older versions are refused with
 /// [`code::INCOMPATIBLE_VERSION`]: their result format differs (0.x `ips[].version`), and CHECK needs 0.4.0.
@@ -199,10 +199,21 @@ impl Env {
         self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// The endpoint's DNS name: `K8S_POD_NAME` when it is a DNS label (pod names may also contain dots; those
-    /// endpoints stay unnamed rather than fail).
-    pub fn endpoint_name(&self) -> Option<&str> {
-        self.arg("K8S_POD_NAME").filter(|n| valid_label(n))
+    /// The endpoint's DNS name: `<K8S_POD_NAME>.<K8S_POD_NAMESPACE>`, unique in a cluster as the pair is (two pods
+    /// of one name in two namespaces on one network are two names), or `K8S_POD_NAME` alone when the runtime gives
+    /// no namespace. Unnamed when there is no pod name or the result is not a valid endpoint name (docs/cni.md).
+    pub fn endpoint_name(&self) -> Option<String> {
+        let pod = self.arg("K8S_POD_NAME")?;
+        match self.arg("K8S_POD_NAMESPACE") {
+            // A namespace is one label, so it is always the name's last: pod `a.b` in `c` and pod `a` in `b.c` (not
+            // a namespace) never meet.
+            Some(namespace) => {
+                let name = format!("{pod}.{namespace}");
+                (valid_label(namespace) && valid_name(&name)).then_some(name)
+            }
+            // Without a namespace a dotted pod name would read as one, so it must be a single label.
+            None => valid_label(pod).then(|| pod.to_string()),
+        }
     }
 }
 
@@ -486,7 +497,25 @@ mod tests {
         assert_eq!(e.container_id.as_deref(), Some("f00dcafe0123"));
         assert_eq!(e.path, [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/libexec/cni")]);
         assert_eq!(e.arg("K8S_POD_NAMESPACE"), Some("default"));
-        assert_eq!(e.endpoint_name(), Some("web-1"));
+        assert_eq!(e.endpoint_name().as_deref(), Some("web-1.default"));
+    }
+
+    #[test]
+    fn pods_of_one_name_in_two_namespaces_get_two_names() {
+        let name = |args: &str| {
+            let mut vars: Vec<_> = ADD_ENV.iter().copied().filter(|(k, _)| *k != "CNI_ARGS").collect();
+            vars.push(("CNI_ARGS", args));
+            env(&vars).unwrap().endpoint_name()
+        };
+        let prod = name("IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=db-0");
+        let staging = name("K8S_POD_NAME=db-0;K8S_POD_NAMESPACE=staging");
+        assert_eq!((prod.as_deref(), staging.as_deref()), (Some("db-0.prod"), Some("db-0.staging")));
+        assert_eq!(name("K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web.1").as_deref(), Some("web.1.prod"));
+        assert_eq!(name("K8S_POD_NAME=web-1").as_deref(), Some("web-1"), "no namespace: the pod name alone");
+        assert_eq!(name("K8S_POD_NAMESPACE=prod"), None, "no pod name: unnamed");
+        assert_eq!(name("K8S_POD_NAMESPACE=prod;K8S_POD_NAME=tasks"), None, "tasks.S is DNS's service syntax");
+        assert_eq!(name("K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web"), None, "a namespace is one label");
+        assert_eq!(name("K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web_1"), None);
     }
 
     #[test]
@@ -518,7 +547,7 @@ mod tests {
             assert_eq!(e.code, code::INVALID_ENVIRONMENT, "{name}={bad}");
             assert!(e.msg.contains(name), "{name}: {}", e.msg);
         }
-        // A pod name that is not a DNS label leaves the endpoint unnamed.
+        // Without a namespace, a pod name that is not a DNS label leaves the endpoint unnamed.
         assert_eq!(with("CNI_ARGS", "K8S_POD_NAME=web.1").unwrap().endpoint_name(), None);
     }
 
@@ -604,7 +633,7 @@ mod tests {
         assert_eq!(
             p,
             json!({"netns":"/var/run/netns/c1","network":"blue","interface":"eth0","container_id":"f00dcafe0123",
-                   "name":"web-1","service":"web","ip":null})
+                   "name":"web-1.default","service":"web","ip":null})
         );
     }
 

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::control::pki;
 
-/// Clock offsets beyond this fail: certificates are checked against the clock, and logs across hosts stop lining
-/// up.
+/// Clock offsets beyond this fail: certificates are checked against the clock, logs across hosts stop lining up,
+/// and IPAM's earliest-claim rule trusts each claimant's clock (a host behind wins contested blocks).
 pub const MAX_CLOCK_OFFSET_MS: i64 = 1_000;
 /// Certificates that expire sooner than this get a warning.
 pub const CERT_WARN_DAYS: u64 = 30;

@@ -161,6 +161,19 @@ pub fn render(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> anyhow::R
     debug_assert_eq!(f.iter_drops().count(), DropReason::ALL.len());
     registry.register("drops", "Frames and datagrams dropped, by reason", drops);
 
+    let u = &s.underlay;
+    let underlay = Family::<ReasonLabels, Counter>::default();
+    for (reason, n) in
+        [("neighbour_miss", u.neighbour_misses), ("ring_full", u.tx_ring_full), ("oversize", u.tx_oversize)]
+    {
+        underlay.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+    registry.register(
+        "underlay_tx_drops",
+        "Datagrams the AF_XDP underlay could not send, by reason (always zero on the UDP underlay)",
+        underlay,
+    );
+
     let tx = Family::<KindLabels, Counter>::default();
     tx.get_or_create(&KindLabels { kind: "unicast" }).inc_by(f.tx_unicast);
     tx.get_or_create(&KindLabels { kind: "flooded" }).inc_by(f.tx_flooded);
@@ -271,6 +284,7 @@ mod tests {
 
     use super::*;
     use crate::control::agent::MemberInfo;
+    use crate::io::underlay::UnderlayStats;
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -278,7 +292,7 @@ mod tests {
             tap_errors: 2,
             underlay_errors: 0,
             offload_errors: 0,
-            underlay: Default::default(),
+            underlay: UnderlayStats { tx_ring_full: 5, tx_oversize: 6, ..UnderlayStats::default() },
             fdb: Vec::new(),
             local: Vec::new(),
             peers: vec![(
@@ -300,6 +314,9 @@ mod tests {
             "weft_peer_bytes_total{vtep=\"198.18.0.2\",direction=\"rx\"} 400",
             "weft_peer_packets_total{vtep=\"other\",direction=\"rx\"} 1",
             "weft_tap_errors_total 2",
+            "weft_underlay_tx_drops_total{reason=\"ring_full\"} 5",
+            "weft_underlay_tx_drops_total{reason=\"oversize\"} 6",
+            "weft_underlay_tx_drops_total{reason=\"neighbour_miss\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -59,7 +59,13 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         if let Some(name) = env.endpoint_name() {
-            assert!(dns_label(name), "endpoint name {name:?}");
+            // `<pod>.<namespace>`: labels, 253 characters at most, the namespace the last; the pod alone is a label.
+            assert!(name.len() <= 253 && name.split('.').all(dns_label), "endpoint name {name:?}");
+            assert!(!name.split('.').next().is_some_and(|l| l.eq_ignore_ascii_case("tasks")), "{name:?}");
+            match env.arg("K8S_POD_NAMESPACE") {
+                Some(namespace) => assert!(name.ends_with(&format!(".{namespace}")), "{name:?} in {namespace:?}"),
+                None => assert!(dns_label(&name), "endpoint name {name:?}"),
+            }
         }
     }
     let Ok(conf) = conf else { return };
@@ -93,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
         dns: vec![IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1))],
         domain: "weft".into(),
         mtu: 1400,
-        name: env.endpoint_name().map(str::to_owned),
+        name: env.endpoint_name(),
         service: conf.service.clone(),
         resolv_conf: None,
         container_id: env.container_id.clone(),

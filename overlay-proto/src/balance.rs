@@ -11,6 +11,10 @@
 //! A backend is taken out after [`BalancerConfig::failures`] checks in a row fail (a failed connect counts as a
 //! check) and put back at the first success. New backends start healthy: they come from a record their host just
 //! published, and a failed first connect takes them out at once while the connection is retried on another one.
+//!
+//! A backend that leaves the set while connections to it are open (its endpoint record flapped, or was withdrawn
+//! and re-published) is kept aside until they close: a `release` still finds it, and if it comes back before then
+//! it comes back with its open connections counted, so least-connections does not take it for idle.
 
 use std::net::SocketAddr;
 
@@ -51,6 +55,9 @@ pub struct BackendState {
 pub struct Balancer {
     config: BalancerConfig,
     backends: Vec<BackendState>,
+    /// Backends that left the set with connections still open, never picked; each is forgotten when its last
+    /// connection is released, so there are never more of them than open connections.
+    departed: Vec<BackendState>,
     /// Round-robin position: the next pick starts looking at this index.
     next: usize,
 }
@@ -58,7 +65,7 @@ pub struct Balancer {
 impl Balancer {
     /// A balancer without backends.
     pub fn new(config: BalancerConfig) -> Self {
-        Self { config, backends: Vec::new(), next: 0 }
+        Self { config, backends: Vec::new(), departed: Vec::new(), next: 0 }
     }
 
     /// Changes the policy (a re-published service); backends keep their state.
@@ -66,21 +73,27 @@ impl Balancer {
         self.config = config;
     }
 
-    /// Replaces the backend set. Backends that stay keep their health and counts; those that left are forgotten at
-    /// once (no new connection goes to them); new ones start healthy. The order is the caller's (sorted by the
-    /// catalog), so every host walks the backends in the same order.
+    /// Replaces the backend set. Backends that stay keep their health and counts; those that left get no new
+    /// connection, and are kept aside only while connections to them are open; new ones start healthy. A backend
+    /// that comes back while its old connections are open starts healthy too (its host just published it again)
+    /// with those connections still counted. The order is the caller's (sorted by the catalog), so every host walks
+    /// the backends in the same order.
     pub fn set_backends(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
         let mut old = std::mem::take(&mut self.backends);
         for addr in addrs {
             if self.backends.iter().any(|b| b.addr == addr) {
                 continue;
             }
-            let state = match old.iter().position(|b| b.addr == addr) {
-                Some(i) => old.swap_remove(i),
-                None => BackendState { addr, healthy: true, failures: 0, active: 0, picked: 0 },
+            let state = if let Some(i) = old.iter().position(|b| b.addr == addr) {
+                old.swap_remove(i)
+            } else if let Some(i) = self.departed.iter().position(|b| b.addr == addr) {
+                BackendState { healthy: true, failures: 0, ..self.departed.swap_remove(i) }
+            } else {
+                BackendState { addr, healthy: true, failures: 0, active: 0, picked: 0 }
             };
             self.backends.push(state);
         }
+        self.departed.extend(old.into_iter().filter(|b| b.active > 0));
         if self.next >= self.backends.len() {
             self.next = 0;
         }
@@ -132,6 +145,11 @@ impl Balancer {
     pub fn release(&mut self, addr: SocketAddr) {
         if let Some(b) = self.backends.iter_mut().find(|b| b.addr == addr) {
             b.active = b.active.saturating_sub(1);
+        } else if let Some(i) = self.departed.iter().position(|b| b.addr == addr) {
+            self.departed[i].active -= 1;
+            if self.departed[i].active == 0 {
+                self.departed.swap_remove(i);
+            }
         }
     }
 }
@@ -199,6 +217,48 @@ mod tests {
         assert_eq!(b.pick(&[]), None);
         b.release(addr(3));
         assert!(!b.handle_check(addr(3), false), "reports about forgotten backends are ignored");
+    }
+
+    #[test]
+    fn a_backend_that_flaps_keeps_its_open_connections_counted() {
+        let mut b = balancer(Policy::LeastConnections, 2);
+        // Three connections to 1, one to 2.
+        for _ in 0..3 {
+            assert_eq!(b.pick(&[addr(2)]), Some(addr(1)));
+        }
+        assert_eq!(b.pick(&[addr(1)]), Some(addr(2)));
+        let active = |b: &Balancer| b.backends().iter().map(|s| (s.addr, s.active)).collect::<Vec<_>>();
+        assert_eq!(active(&b), [(addr(1), 3), (addr(2), 1)]);
+        // 1's record flaps: gone, then back, its three connections still open; one of them closes meanwhile.
+        b.set_backends([addr(2)]);
+        assert_eq!(b.pick(&[]), Some(addr(2)), "a departed backend gets nothing new");
+        b.release(addr(2));
+        b.release(addr(1));
+        b.set_backends([addr(1), addr(2)]);
+        assert_eq!(active(&b), [(addr(1), 2), (addr(2), 1)], "1 came back with its two open connections");
+        assert_eq!(b.pick(&[]), Some(addr(2)), "least-connections does not take 1 for idle");
+        assert!(b.backends()[0].healthy);
+        // A backend that left with nothing open is forgotten: it comes back as new.
+        b.release(addr(1));
+        b.release(addr(1));
+        b.set_backends([addr(2)]);
+        b.set_backends([addr(1), addr(2)]);
+        assert_eq!(active(&b), [(addr(1), 0), (addr(2), 2)]);
+        assert_eq!(b.backends()[0].picked, 0);
+    }
+
+    #[test]
+    fn departed_backends_are_forgotten_when_their_last_connection_closes() {
+        let mut b = balancer(Policy::RoundRobin, 2);
+        let _ = [b.pick(&[]), b.pick(&[])];
+        b.set_backends([]);
+        assert_eq!(b.departed.len(), 2);
+        b.release(addr(1));
+        b.release(addr(1));
+        b.release(addr(2));
+        assert!(b.departed.is_empty(), "kept only while connections are open");
+        b.set_backends([addr(1)]);
+        assert_eq!((b.backends()[0].active, b.backends()[0].picked), (0, 0));
     }
 
     #[test]

@@ -701,6 +701,14 @@ impl Forwarder {
         self.fdb.set_flood_list(vni, flood);
     }
 
+    /// Every VTEP this host still deals with: the accepted senders of each network (configured peers, static FDB
+    /// VTEPs, control-plane members) and those the FDB points at. A VTEP not in it has left; the data path frees
+    /// what it kept for it (its traffic counters).
+    pub fn known_vteps(&self) -> BTreeSet<IpAddr> {
+        let senders = self.networks.iter().flat_map(|n| n.senders.iter().copied());
+        senders.chain(self.fdb.iter().map(|(_, _, e)| e.vtep)).collect()
+    }
+
     /// Applies a change from the control plane.
     pub fn handle_control(&mut self, update: ControlUpdate) {
         match update {
@@ -851,6 +859,27 @@ mod tests {
         buf.extend_from_slice(inner);
         let range = encapsulate(Vni::new(vni).unwrap(), &mut buf, HEADROOM..HEADROOM + inner.len());
         buf[range].to_vec()
+    }
+
+    #[test]
+    fn known_vteps_are_senders_and_fdb_targets_and_forget_a_host_that_left() {
+        let now = Instant::now();
+        let mut fw = forwarder(now, Learning::Off);
+        let vni = Vni::new(100).unwrap();
+        let (h4, h5) = (ip([198, 18, 0, 4]), ip([198, 18, 0, 5]));
+        fw.set_network_members(vni, [h4, h5]);
+        let known = fw.known_vteps();
+        assert!(known.contains(&h4) && known.contains(&h5) && known.contains(&ip(H2)), "{known:?}");
+        assert!(!known.contains(&ip(H1)), "this host is not a peer");
+        // h5's endpoint is still in the FDB when h5 leaves the members: it stays known until withdrawn.
+        let mac = MacAddr([2, 0x19, 0, 0, 5, 1]);
+        fw.handle_control(ControlUpdate::Endpoint { vni, mac, vtep: h5, ips: vec![] });
+        fw.handle_control(ControlUpdate::NetworkMembers { vni, vteps: vec![] });
+        let known = fw.known_vteps();
+        assert!(!known.contains(&h4) && known.contains(&h5), "{known:?}");
+        fw.handle_control(ControlUpdate::EndpointGone { vni, mac });
+        assert!(!fw.known_vteps().contains(&h5));
+        assert!(fw.known_vteps().contains(&ip(H3)), "configured peers stay");
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! receive buffer and the coalesced superframe goes to the TAP with one `writev` of its header block and the payload
 //! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
 //!
-//! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, and
-//! frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
+//! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, whose
+//! slots are freed when a network's members change and a VTEP is no longer known to the forwarder; and frames are
+//! copied to `weft capture` ([`Captures`]) only while a capture is open.
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -709,7 +710,16 @@ impl Datapath {
 
     fn answer(&mut self, now: Instant, query: Query) {
         match query {
-            Query::Control(update) => self.forwarder.handle_control(update),
+            Query::Control(update) => {
+                let members_changed = matches!(update, ControlUpdate::NetworkMembers { .. });
+                self.forwarder.handle_control(update);
+                // A host that left drops out of the members: free its counter slot, or after MAX_PEERS VTEPs over
+                // the daemon's life every new peer would be counted only in the overflow.
+                if members_changed {
+                    let known = self.forwarder.known_vteps();
+                    self.peers.retain(|vtep| known.contains(&vtep));
+                }
+            }
             Query::Key(update) => self.forwarder.handle_sa_update(update),
             Query::CaptureStart(sink) => self.captures.start(sink),
             Query::CaptureStop(id) => self.captures.stop(id),

@@ -56,6 +56,9 @@ pub struct UnderlayStats {
     pub neighbour_misses: u64,
     /// Datagrams dropped because no transmit frame was free.
     pub tx_ring_full: u64,
+    /// Datagrams dropped because they do not fit one UMEM frame behind their outer headers (an overlay MTU set
+    /// above what the AF_XDP frame holds). Not `tx_ring_full`: the ring may have room, the datagram never will.
+    pub tx_oversize: u64,
     /// Datagrams the kernel passed to the UDP sockets anyway (fragments, IP options: what XDP leaves to it).
     pub kernel_rx: u64,
     /// The kernel's AF_XDP statistics, summed over the sockets: frames dropped because the RX ring was full, dropped
@@ -76,6 +79,7 @@ impl UnderlayStats {
         self.xsk_rx_malformed += other.xsk_rx_malformed;
         self.neighbour_misses += other.neighbour_misses;
         self.tx_ring_full += other.tx_ring_full;
+        self.tx_oversize += other.tx_oversize;
         self.kernel_rx += other.kernel_rx;
         self.xsk_rx_ring_full += other.xsk_rx_ring_full;
         self.xsk_rx_dropped += other.xsk_rx_dropped;

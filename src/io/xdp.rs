@@ -389,8 +389,7 @@ impl XdpUnderlay {
     fn push(&mut self, q: usize, outer: &Outer, pieces: &[&[u8]]) {
         let header = outer.header_len();
         let len: usize = pieces.iter().map(|piece| piece.len()).sum();
-        if header + len > MAX_FRAME {
-            self.stats.tx_ring_full += 1;
+        if !fits_frame(&mut self.stats, header, len) {
             return;
         }
         let queue = &mut self.queues[q];
@@ -407,9 +406,10 @@ impl XdpUnderlay {
             frame[at..at + piece.len()].copy_from_slice(piece);
             at += piece.len();
         }
+        // Only a datagram too long for one IP packet gets here (the frame is sized and the families checked).
         if outer.emit(frame, len).is_err() {
             queue.free.push(desc);
-            self.stats.tx_ring_full += 1;
+            self.stats.tx_oversize += 1;
             return;
         }
         queue.pending.push(desc);
@@ -520,6 +520,16 @@ impl UnderlayIo for XdpUnderlay {
     }
 }
 
+/// Whether a datagram of `len` bytes behind `header` bytes of outer headers fits one UMEM frame; one that does not is
+/// counted in `stats.tx_oversize`.
+fn fits_frame(stats: &mut UnderlayStats, header: usize, len: usize) -> bool {
+    let fits = header + len <= MAX_FRAME;
+    if !fits {
+        stats.tx_oversize += 1;
+    }
+    fits
+}
+
 /// The queue count of `link`: ethtool's channel count (the larger of rx and combined), 1 when it has none to say.
 fn queue_count(socket: RawFd, link: &str) -> u32 {
     /// `struct ethtool_channels` (include/uapi/linux/ethtool.h).
@@ -557,4 +567,23 @@ fn queue_count(socket: RawFd, link: &str) -> u32 {
         return 1;
     }
     channels.rx_count.max(channels.combined_count).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_too_big_for_a_frame_is_counted_as_oversize_not_ring_full() {
+        let mut stats = UnderlayStats::default();
+        let header = overlay_proto::wire::ethernet::HEADER_LEN + 20 + 8;
+        assert!(fits_frame(&mut stats, header, MAX_FRAME - header));
+        assert_eq!(stats, UnderlayStats::default(), "a datagram that fits is not counted");
+        assert!(!fits_frame(&mut stats, header, MAX_FRAME - header + 1));
+        assert_eq!((stats.tx_oversize, stats.tx_ring_full), (1, 0));
+        let mut sum = UnderlayStats::default();
+        sum.merge(&stats);
+        sum.merge(&stats);
+        assert_eq!(sum.tx_oversize, 2, "workers' counts add up");
+    }
 }

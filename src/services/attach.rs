@@ -168,6 +168,14 @@ pub(crate) fn valid_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// An endpoint's name: DNS labels joined by dots, at most 253 characters, whose first label is not `tasks` (that
+/// prefix is DNS's `tasks.S`). Usually one label; weft-cni names Kubernetes pods `<pod>.<namespace>`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(valid_label)
+        && !name.split('.').next().is_some_and(|first| first.eq_ignore_ascii_case("tasks"))
+}
+
 /// Whether an endpoint of network `vni` already has `name`. DNS names are case-insensitive, so is this.
 fn name_taken(names: &Names, vni: overlay_proto::Vni, name: &str) -> bool {
     names.endpoints().any(|e| e.record.vni == vni && e.record.name.eq_ignore_ascii_case(name))
@@ -249,12 +257,14 @@ impl Attacher {
         let IpAddr::V4(gateway) = net.gateway else {
             bail!("network {} has an IPv6 subnet; attach assigns IPv4 addresses only", net.name)
         };
-        for (what, value) in [("name", &request.name), ("service", &request.service)] {
-            if let Some(v) = value {
-                if !valid_label(v) || v.eq_ignore_ascii_case("tasks") {
-                    bail!("{what} {v:?} must be a DNS label: 1 to 63 of a-z, 0-9 and '-', and not \"tasks\"");
-                }
-            }
+        if let Some(v) = request.name.as_ref().filter(|v| !valid_name(v)) {
+            bail!(
+                "name {v:?} must be a DNS name: labels of 1 to 63 of a-z, 0-9 and '-' joined by dots, at most 253 \
+                 characters, the first not \"tasks\""
+            );
+        }
+        if let Some(v) = request.service.as_ref().filter(|v| !valid_label(v) || v.eq_ignore_ascii_case("tasks")) {
+            bail!("service {v:?} must be a DNS label: 1 to 63 of a-z, 0-9 and '-', and not \"tasks\"");
         }
         if let Some(ifname) = &request.interface {
             if !valid_ifname(ifname) {
@@ -560,6 +570,15 @@ mod tests {
     #[test]
     fn names_macs_and_hashes() {
         assert!(valid_label("web-1") && !valid_label("-web") && !valid_label("a.b") && !valid_label(""));
+        assert!(valid_name("web-1") && valid_name("web-1.default") && valid_name("a.b.kube-system"));
+        assert!(
+            !valid_name("tasks")
+                && !valid_name("TASKS.web")
+                && !valid_name("a..b")
+                && !valid_name("a.")
+                && !valid_name("")
+        );
+        assert!(!valid_name(&["a"; 128].join(".")) && valid_name(&["a"; 127].join(".")), "253 characters at most");
         assert!(valid_ifname("eth0") && !valid_ifname("a/b") && !valid_ifname("sixteen-chars-xx"));
         assert_eq!(endpoint_mac(Ipv4Addr::new(198, 19, 0, 2)).to_string(), "02:57:c6:13:00:02");
         assert_ne!(short_hash("a", "bc"), short_hash("ab", "c"));

@@ -1,6 +1,7 @@
 //! The overlay's DNS server, on each network's gateway address, port 53 (UDP and TCP), as Docker's embedded DNS:
 //!
-//! - `NAME` and `NAME.<domain>`: A/AAAA of the endpoint called NAME, or else of every endpoint of service NAME;
+//! - `NAME` and `NAME.<domain>`: A/AAAA of the endpoint called NAME, or else of every endpoint of service NAME
+//!   (an endpoint's name may have several labels, as weft-cni's `<pod>.<namespace>`: those resolve in the domain);
 //! - `tasks.S` and `tasks.S.<domain>`: A/AAAA of every endpoint of service S;
 //! - PTR for addresses of the network's subnet: `NAME.<domain>`;
 //! - other single-label names, and names in the domain, that match nothing: NXDOMAIN (authoritative);
@@ -114,7 +115,8 @@ pub fn handle_query(names: &Names, net: &NetworkInfo, bytes: &[u8]) -> Outcome {
     response.metadata.authoritative = true;
     let ips = match local.strip_prefix("tasks.") {
         Some(service) if !service.contains('.') => names.service(net.vni, service),
-        _ if local.contains('.') || local.is_empty() => Vec::new(),
+        // Names of several labels (CNI's `<pod>.<namespace>`) are endpoint names; services are one label.
+        _ if local.is_empty() => Vec::new(),
         _ => names.resolve(net.vni, local),
     };
     if ips.is_empty() && !local.is_empty() {
@@ -319,7 +321,8 @@ mod tests {
 
     fn names() -> Names {
         let mut names = Names::default();
-        for (i, name, service) in [(2u8, "web-1", "web"), (3, "web-2", "web"), (4, "db", "")] {
+        let pods = [(5, "db-0.prod", ""), (6, "db-0.staging", "")];
+        for (i, name, service) in [(2u8, "web-1", "web"), (3, "web-2", "web"), (4, "db", "")].into_iter().chain(pods) {
             names.set(
                 NodeId([i; 16]),
                 EndpointRecord {
@@ -367,6 +370,16 @@ mod tests {
         assert_eq!(code, ResponseCode::NoError);
         assert_eq!(answers, vec![RData::PTR(PTR(Name::from_ascii("db.weft.").unwrap()))]);
         assert_eq!(ask("99.0.19.198.in-addr.arpa", RecordType::PTR).0, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn pod_names_of_two_labels_resolve_in_the_domain() {
+        // weft-cni names pods `<pod>.<namespace>`: the same pod name in two namespaces is two endpoints.
+        assert_eq!(ask("db-0.prod.weft", RecordType::A), (ResponseCode::NoError, vec![a(5)]));
+        assert_eq!(ask("DB-0.Staging.weft.", RecordType::A), (ResponseCode::NoError, vec![a(6)]));
+        assert_eq!(ask("db-0.dev.weft", RecordType::A).0, ResponseCode::NXDomain);
+        let (_, answers) = ask("6.0.19.198.in-addr.arpa", RecordType::PTR);
+        assert_eq!(answers, vec![RData::PTR(PTR(Name::from_ascii("db-0.staging.weft.").unwrap()))]);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Routing between the bridge and the underlay needs IPv4 forwarding, which weft turns on while it runs when a
-//! network has egress (and turns back off on exit if it was off).
+//! network has egress (and turns back off on exit if it was off). Setup is all or nothing: if forwarding cannot be
+//! turned on, the table just loaded is deleted before the error is returned.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -127,6 +128,35 @@ fn nft(input: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What egress setup changes on the host: the nft ruleset and `net.ipv4.ip_forward`. A trait so the tests can make
+/// any step fail; the daemon uses [`System`].
+pub trait EgressHost {
+    /// Loads an nft JSON transaction.
+    fn nft(&mut self, input: &Value) -> anyhow::Result<()>;
+    /// Reads `net.ipv4.ip_forward`.
+    fn read_forward(&mut self) -> std::io::Result<String>;
+    /// Writes `net.ipv4.ip_forward`.
+    fn write_forward(&mut self, value: &str) -> std::io::Result<()>;
+}
+
+/// The real host: `nft` and /proc.
+#[derive(Debug, Default)]
+pub struct System;
+
+impl EgressHost for System {
+    fn nft(&mut self, input: &Value) -> anyhow::Result<()> {
+        nft(input)
+    }
+
+    fn read_forward(&mut self) -> std::io::Result<String> {
+        std::fs::read_to_string(IP_FORWARD)
+    }
+
+    fn write_forward(&mut self, value: &str) -> std::io::Result<()> {
+        std::fs::write(IP_FORWARD, value)
+    }
+}
+
 /// The egress rules while weft runs.
 #[derive(Debug)]
 pub struct Egress {
@@ -137,16 +167,20 @@ pub struct Egress {
 impl Egress {
     /// Installs the table (replacing a leftover one) and turns IPv4 forwarding on when a network has egress.
     pub fn install(networks: &[NetworkInfo]) -> anyhow::Result<Self> {
-        nft(&ruleset(networks)).context("installing the egress table inet weft")?;
-        let mut restore_forward = None;
-        if networks.iter().any(|n| !n.internal) {
-            let before = std::fs::read_to_string(IP_FORWARD).context("reading net.ipv4.ip_forward")?;
-            if before.trim() != "1" {
-                std::fs::write(IP_FORWARD, "1").context("turning on net.ipv4.ip_forward for egress")?;
-                info!("turned on net.ipv4.ip_forward for egress");
-                restore_forward = Some(before.trim().to_string());
+        Self::install_on(&mut System, networks)
+    }
+
+    /// [`Egress::install`] on `host`. All or nothing: when turning forwarding on fails, the table just loaded is
+    /// deleted again before the error is returned, since the caller holds no `Egress` to remove it with.
+    pub fn install_on(host: &mut impl EgressHost, networks: &[NetworkInfo]) -> anyhow::Result<Self> {
+        host.nft(&ruleset(networks)).context("installing the egress table inet weft")?;
+        let restore_forward = match enable_forwarding(host, networks) {
+            Ok(restore) => restore,
+            Err(e) => {
+                delete_table(host);
+                return Err(e);
             }
-        }
+        };
         let egress = networks.iter().filter(|n| !n.internal).count();
         info!(table = "inet weft", egress, internal = networks.len() - egress, "egress rules installed");
         Ok(Self { restore_forward })
@@ -154,16 +188,39 @@ impl Egress {
 
     /// Deletes the table and restores ip_forward.
     pub fn remove(self) {
-        let delete = json!({ "nftables": [ { "delete": { "table": table() } } ] });
-        match nft(&delete) {
-            Ok(()) => info!("removed table inet weft"),
-            Err(e) => warn!(error = %e, "could not remove table inet weft"),
-        }
+        self.remove_on(&mut System)
+    }
+
+    /// [`Egress::remove`] on `host`.
+    pub fn remove_on(self, host: &mut impl EgressHost) {
+        delete_table(host);
         if let Some(value) = self.restore_forward {
-            if let Err(e) = std::fs::write(IP_FORWARD, value) {
+            if let Err(e) = host.write_forward(&value) {
                 warn!(error = %e, "could not restore net.ipv4.ip_forward");
             }
         }
+    }
+}
+
+/// Turns IPv4 forwarding on when a network has egress; returns the value to restore on exit if it was off.
+fn enable_forwarding(host: &mut impl EgressHost, networks: &[NetworkInfo]) -> anyhow::Result<Option<String>> {
+    if networks.iter().all(|n| n.internal) {
+        return Ok(None);
+    }
+    let before = host.read_forward().context("reading net.ipv4.ip_forward")?;
+    if before.trim() == "1" {
+        return Ok(None);
+    }
+    host.write_forward("1").context("turning on net.ipv4.ip_forward for egress")?;
+    info!("turned on net.ipv4.ip_forward for egress");
+    Ok(Some(before.trim().to_string()))
+}
+
+fn delete_table(host: &mut impl EgressHost) {
+    let delete = json!({ "nftables": [ { "delete": { "table": table() } } ] });
+    match host.nft(&delete) {
+        Ok(()) => info!("removed table inet weft"),
+        Err(e) => warn!(error = %e, "could not remove table inet weft"),
     }
 }
 
@@ -198,5 +255,66 @@ mod tests {
         assert_eq!(drops, 2 + 2, "blue ↔ int both ways, and int ↔ anything else both ways");
         assert!(text.contains(r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"br-blue"}},{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"br-int"}}"#), "{text}");
         assert!(text.contains(r#""right":"br-int""#));
+    }
+
+    /// A host whose steps can be made to fail; records the tables it holds and ip_forward.
+    #[derive(Default)]
+    struct FakeHost {
+        table_loaded: bool,
+        forward: String,
+        fail_read: bool,
+        fail_write: bool,
+    }
+
+    impl EgressHost for FakeHost {
+        fn nft(&mut self, input: &Value) -> anyhow::Result<()> {
+            // The ruleset (add, delete, add, ...) loads the table; a lone `delete` removes it.
+            let commands = input["nftables"].as_array().unwrap();
+            self.table_loaded = !(commands.len() == 1 && commands[0].get("delete").is_some());
+            Ok(())
+        }
+
+        fn read_forward(&mut self) -> std::io::Result<String> {
+            if self.fail_read {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
+            Ok(self.forward.clone())
+        }
+
+        fn write_forward(&mut self, value: &str) -> std::io::Result<()> {
+            if self.fail_write {
+                return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+            }
+            self.forward = value.into();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_ip_forward_step_removes_the_table_it_loaded() {
+        let networks = [net("blue", "198.19.0.0/24", false)];
+        for (fail_read, fail_write) in [(true, false), (false, true)] {
+            let mut host = FakeHost { forward: "0\n".into(), fail_read, fail_write, ..FakeHost::default() };
+            let err = Egress::install_on(&mut host, &networks).unwrap_err();
+            assert!(format!("{err:#}").contains("ip_forward"), "{err:#}");
+            assert!(!host.table_loaded, "the table stayed installed after {err:#}");
+            assert_eq!(host.forward, "0\n", "ip_forward untouched");
+        }
+    }
+
+    #[test]
+    fn install_then_remove_restores_the_host() {
+        let mut host = FakeHost { forward: "0\n".into(), ..FakeHost::default() };
+        let egress = Egress::install_on(&mut host, &[net("blue", "198.19.0.0/24", false)]).unwrap();
+        assert!(host.table_loaded);
+        assert_eq!(host.forward, "1");
+        egress.remove_on(&mut host);
+        assert!(!host.table_loaded);
+        assert_eq!(host.forward, "0");
+        // Internal networks only: no forwarding change, and nothing to restore.
+        let mut host = FakeHost { forward: "0".into(), fail_read: true, ..FakeHost::default() };
+        let egress = Egress::install_on(&mut host, &[net("int", "198.19.1.0/24", true)]).unwrap();
+        egress.remove_on(&mut host);
+        assert_eq!(host.forward, "0");
     }
 }

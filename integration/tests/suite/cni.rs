@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use weft_integration::services::{add_netns, assert_bare, attach, detach, named_endpoints, weft_json};
+use weft_integration::services::{add_netns, assert_bare, attach, detach, dig_short, named_endpoints, weft_json};
 use weft_integration::weft::{lab_pki, start_weft, wait_members, WeftConfig};
 use weft_integration::{exec_stdout, ping_until, wait_until, weft_bin, Daemon, Lab};
 
@@ -200,12 +200,12 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     wrong["ips"][0]["address"] = json!("198.19.0.250/24");
     must_fail(&lab, 1, &c1("CHECK"), &with_prev(&conf1, &wrong), 101)?;
 
-    // Reachable across the hosts, both ways; the pod name became the endpoint's name in the cluster.
+    // Reachable across the hosts, both ways; `<pod>.<namespace>` became the endpoint's name in the cluster.
     ping_until("cn1-c1", IpAddr::V4(ip2), DEADLINE)?;
     let ping = run("nsenter", &[&enter_c2, "ping", "-c", "1", "-W", "2", &ip1.to_string()])?;
     ensure!(ping.status.success(), "ping {ip1} from container 2: {}", String::from_utf8_lossy(&ping.stdout));
-    wait_until(DEADLINE, "host 2 to know web-1", || {
-        Ok(named_endpoints(&lab, 2)?.contains(&("web-1".to_owned(), vec![IpAddr::V4(ip1)])))
+    wait_until(DEADLINE, "host 2 to know web-1.default", || {
+        Ok(named_endpoints(&lab, 2)?.contains(&("web-1.default".to_owned(), vec![IpAddr::V4(ip1)])))
     })?;
 
     // GC (1.1): a container the runtime no longer lists is detached; the listed one, and an endpoint put there with
@@ -235,8 +235,8 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     assert_bare("cn1-c1")?;
     let msg = must_fail(&lab, 1, &c1("CHECK"), &with_prev(&conf1, &result1), 3)?;
     ensure!(msg.contains("c0ffee01"), "CHECK after DEL: {msg}");
-    wait_until(DEADLINE, "host 2 to forget web-1", || {
-        Ok(!named_endpoints(&lab, 2)?.iter().any(|(name, _)| name == "web-1"))
+    wait_until(DEADLINE, "host 2 to forget web-1.default", || {
+        Ok(!named_endpoints(&lab, 2)?.iter().any(|(name, _)| name == "web-1.default"))
     })?;
 
     // Container 2's process exits, taking its namespace: DEL (with the stale path) still succeeds, twice.
@@ -263,5 +263,44 @@ fn a_runtime_adds_checks_and_deletes_containers_on_two_hosts() -> Result<()> {
     must_fail(&lab, 1, &[("CNI_COMMAND", "STATUS")], &nowhere, 50)?;
     ensure!(must(&lab, 1, &c1("DEL"), &nowhere)?.is_null());
     drop(daemons);
+    Ok(())
+}
+
+/// Two pods of one name in two Kubernetes namespaces on one network and host: both ADDs succeed, each named
+/// `<pod>.<namespace>` and resolvable. Before, both were named by the pod name alone and the second ADD failed
+/// with 100 ("the name is already used") for as long as the first pod lived.
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn pods_of_one_name_in_two_kubernetes_namespaces_are_both_added() -> Result<()> {
+    let lab = Lab::up("rv4", 1, 0, &["blue"])?;
+    let (_, certs) = lab_pki(&lab)?;
+    let weft = WeftConfig::with_gossip(&lab, 1, &[("blue", VNI)], &certs[0], &[1]);
+    let _daemon = start_weft(&lab, 1, &weft.to_toml())?;
+    let conf = config(&lab, 1, "1.0.0");
+    let mut pods = Vec::new();
+    for (id, namespace) in [("c0ffee41", "prod"), ("c0ffee42", "staging")] {
+        let netns = format!("rv4-{namespace}");
+        add_netns(&netns)?;
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME=db-0");
+        let path = format!("/var/run/netns/{netns}");
+        let result = must(&lab, 1, &vars("ADD", id, &path, "eth0", &args), &conf)?;
+        let ip = check_result(&result, "eth0", &path)?;
+        pods.push((id, netns, path, args, ip));
+    }
+    let (prod_ip, staging_ip) = (pods[0].4, pods[1].4);
+    ensure!(prod_ip != staging_ip, "both pods got {prod_ip}");
+    let mut named = named_endpoints(&lab, 1)?;
+    named.sort();
+    let expected = [("db-0.prod", prod_ip), ("db-0.staging", staging_ip)]
+        .map(|(name, ip)| (name.to_owned(), vec![IpAddr::V4(ip)]));
+    ensure!(named == expected, "endpoint names: {named:?}");
+    // The prod pod finds its namesake in staging by the namespaced name, through the gateway's DNS.
+    let gateway = Some(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)));
+    let answer = dig_short(&pods[0].1, gateway, &["db-0.staging.weft", "A"])?;
+    ensure!(answer == [staging_ip.to_string()], "db-0.staging.weft from prod: {answer:?}");
+    for (id, netns, path, args, _) in &pods {
+        ensure!(must(&lab, 1, &vars("DEL", id, path, "eth0", args), &conf)?.is_null());
+        assert_bare(netns)?;
+    }
     Ok(())
 }

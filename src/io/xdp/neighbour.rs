@@ -8,16 +8,21 @@
 //!    neighbour solicitation) or confirm an entry it has, as its own sending would;
 //! 3. reads the neighbour table until the entry has a MAC, for up to [`RESOLVE_TIMEOUT`].
 //!
+//! Up to [`CONCURRENT`] VTEPs are resolved at once, each VTEP once at a time: an unreachable VTEP (a dead host still
+//! in the FDB) holds one slot for its [`RESOLVE_TIMEOUT`] and no longer delays every VTEP queued behind it.
+//!
 //! The answer comes back over a channel the worker reads at its next send or its next one-second tick. Every
 //! [`REFRESH_TICKS`] ticks the worker asks again for every entry, so a next hop that changes its MAC is followed
 //! within about that many seconds (the kernel still sees the peers' ARP requests and answers, which keep its entries
 //! fresh).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
 use overlay_proto::MacAddr;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
@@ -30,6 +35,9 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 const RESOLVE_POLL: Duration = Duration::from_millis(20);
 /// Ticks (seconds) between confirmations of every cached next hop.
 pub const REFRESH_TICKS: u64 = 30;
+/// Resolutions in flight at once. Each polls the neighbour table every [`RESOLVE_POLL`], so this also bounds the
+/// netlink dumps a burst of misses causes.
+pub const CONCURRENT: usize = 8;
 /// Requests queued to the resolver at most; more are dropped and asked again on a later miss.
 const QUEUE: usize = 1024;
 
@@ -104,21 +112,56 @@ impl Neighbours {
     }
 }
 
-/// The resolver task: one request at a time, until the worker is gone.
+/// The resolver task, until the worker is gone.
 async fn resolve(
     handle: Handle,
     ifindex: u32,
-    mut requests: tokio::sync::mpsc::Receiver<IpAddr>,
+    requests: tokio::sync::mpsc::Receiver<IpAddr>,
     answers: crossbeam_channel::Sender<Answer>,
 ) {
-    while let Some(vtep) = requests.recv().await {
-        let next_hop = next_hop(&handle, vtep).await.unwrap_or(vtep);
-        let mac = resolve_one(&handle, ifindex, next_hop).await;
-        if mac.is_none() {
-            debug!(%vtep, %next_hop, "next hop did not resolve");
+    serve(requests, answers, |vtep| {
+        let handle = handle.clone();
+        async move {
+            let next_hop = next_hop(&handle, vtep).await.unwrap_or(vtep);
+            let mac = resolve_one(&handle, ifindex, next_hop).await;
+            if mac.is_none() {
+                debug!(%vtep, %next_hop, "next hop did not resolve");
+            }
+            mac
         }
-        if answers.send((vtep, mac)).is_err() {
-            return;
+    })
+    .await;
+}
+
+/// Answers `requests` with `resolve`, up to [`CONCURRENT`] at once; a VTEP already being resolved is not asked again.
+/// Returns when the worker is gone (either channel closed).
+async fn serve<F, Fut>(
+    mut requests: tokio::sync::mpsc::Receiver<IpAddr>,
+    answers: crossbeam_channel::Sender<Answer>,
+    resolve: F,
+) where
+    F: Fn(IpAddr) -> Fut,
+    Fut: Future<Output = Option<MacAddr>>,
+{
+    let mut in_flight = FuturesUnordered::new();
+    let mut resolving = HashSet::new();
+    loop {
+        tokio::select! {
+            request = requests.recv(), if in_flight.len() < CONCURRENT => {
+                let Some(vtep) = request else { return };
+                if resolving.insert(vtep) {
+                    let resolution = resolve(vtep);
+                    in_flight.push(async move { (vtep, resolution.await) });
+                }
+            }
+            Some((vtep, mac)) = in_flight.next(), if !in_flight.is_empty() => {
+                resolving.remove(&vtep);
+                // Never block the runtime on a worker that is behind: a lost answer is asked for again on a later
+                // miss (at most once a tick).
+                if let Err(crossbeam_channel::TrySendError::Disconnected(_)) = answers.try_send((vtep, mac)) {
+                    return;
+                }
+            }
         }
     }
 }
@@ -196,4 +239,64 @@ async fn lookup(handle: &Handle, ifindex: u32, addr: IpAddr) -> Option<MacAddr> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vtep(i: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, i])
+    }
+
+    /// VTEPs 1 to 3 never resolve (their resolution hangs, as a dead host's does for RESOLVE_TIMEOUT); VTEP 9 does
+    /// at once. Queued behind the three, 9 must still be answered without waiting for them: before, the resolver
+    /// took one VTEP at a time and 9 waited 3 × 3 s.
+    #[tokio::test]
+    async fn a_live_vtep_is_resolved_while_dead_ones_hang() {
+        let (requests, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (tx, answers) = crossbeam_channel::bounded(QUEUE);
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let server = tokio::spawn(serve(rx, tx, move |v| {
+            seen.lock().unwrap().push(v);
+            async move {
+                if v == vtep(9) {
+                    Some(MacAddr([2, 0, 0, 0, 0, 9]))
+                } else {
+                    std::future::pending().await
+                }
+            }
+        }));
+        for i in [1, 2, 3, 1, 9] {
+            requests.send(vtep(i)).await.unwrap();
+        }
+        let answer = tokio::task::spawn_blocking(move || answers.recv_timeout(Duration::from_secs(5)));
+        let answer = answer.await.unwrap().expect("VTEP 9 was not answered while 1 to 3 hang");
+        assert_eq!(answer, (vtep(9), Some(MacAddr([2, 0, 0, 0, 0, 9]))));
+        assert_eq!(*calls.lock().unwrap(), [1, 2, 3, 9].map(vtep), "a VTEP being resolved is not asked again");
+        drop(requests);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_more_than_concurrent_resolutions_run_at_once() {
+        let (requests, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (tx, _answers) = crossbeam_channel::bounded(QUEUE);
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = started.clone();
+        tokio::spawn(serve(rx, tx, move |_| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<Option<MacAddr>>()
+        }));
+        for i in 0..CONCURRENT as u8 + 5 {
+            requests.send(vtep(i)).await.unwrap();
+        }
+        // Let the server take what it will; it must stop at the bound with requests still queued.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), CONCURRENT);
+        assert_eq!(requests.capacity(), QUEUE - 5, "the rest wait in the queue");
+    }
 }
