@@ -308,6 +308,8 @@ fn underlay_json(u: &crate::io::underlay::UnderlayStats) -> Value {
         "xsk_rx": u.xsk_rx, "xsk_tx": u.xsk_tx, "xsk_rx_malformed": u.xsk_rx_malformed,
         "neighbour_misses": u.neighbour_misses, "tx_ring_full": u.tx_ring_full, "kernel_rx": u.kernel_rx,
         "xsk_rx_ring_full": u.xsk_rx_ring_full, "xsk_rx_dropped": u.xsk_rx_dropped, "xsk_fill_empty": u.xsk_fill_empty,
+        "tx_syscalls": u.tx_syscalls, "tx_datagrams": u.tx_datagrams, "rx_syscalls": u.rx_syscalls,
+        "rx_datagrams": u.rx_datagrams, "batching_fallbacks": u.batching_fallbacks,
     })
 }
 
