@@ -2,7 +2,7 @@
 //!
 //! The loop is thin on purpose. It polls the TAPs and the receive socket, reads what is ready in bounded batches,
 //! asks the sans-IO [`Forwarder`] what to do with each frame, writes the VXLAN header in place into the buffer's
-//! headroom, and sends. Nothing is allocated per packet: one buffer is reused for every frame. Control-plane updates
+//! headroom, and sends. Nothing is allocated per packet: the buffers are the worker's, allocated once. Control-plane updates
 //! and API queries arrive on a channel (with an eventfd to wake the poll) and are handled between batches, so the
 //! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
 //! other way, to the control plane.
@@ -13,6 +13,17 @@
 //! copy: the seal works in place on contiguous plaintext. On receive, segments stay where they landed in the worker's
 //! receive buffer and the coalesced superframe goes to the TAP with one `writev` of its header block and the payload
 //! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
+//!
+//! Small frames (anything but a superframe: pings, 64-byte UDP, TCP ACKs) are read one after another into a transmit
+//! arena, each encapsulated (and sealed) in place in its own slot, and sent together when the TAP batch ends, or
+//! earlier when the arena or the queue of [`TX_PENDING`] datagrams fills: [`UnderlayIo::send_batch`] sends each send
+//! socket's share with one `sendmmsg`, a run of equal datagrams to one VTEP as one UDP GSO message of it. Nothing
+//! waits for more frames: the batch ends when the TAP has nothing more, so a lone ping leaves at once. A superframe
+//! first sends what waits (a flow keeps its order), then goes out alone. On receive, one `recvmmsg`
+//! ([`UnderlayIo::recv_batch`]) fills up to [`RECV_SLOTS`] slots of 64 KiB in the receive buffer; each next call's
+//! slots start after the last message received, so the coalescer's ranges stay valid until it is flushed. Memory per
+//! worker: the transmit arena is [`TX_ARENA`] bytes (~192 KiB, in place of one 64 KiB frame buffer) and the receive
+//! buffer [`RX_BUFFER`] (~512 KiB, was 4 slots, ~256 KiB).
 //!
 //! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, and
 //! frames are copied to `weft capture` ([`Captures`]) only while a capture is open.
