@@ -75,7 +75,7 @@ fn burst_is_batched(lab: &Lab, a: &Container, b: &Container) -> Result<()> {
     ensure!(tx_datagrams >= COUNT, "host 1 sent only {tx_datagrams} datagrams: {}", show(&after[0]));
     ensure!(rx_datagrams >= COUNT, "host 2 received only {rx_datagrams} datagrams: {}", show(&after[1]));
     // Bursts of 32 reach the TAP faster than a worker wakes up, so most sends and receives carry several datagrams
-    // (on this 2-core machine 6-13 a call); one call per datagram, as before batching, fails. The margin is for
+    // (on this 2-core machine 4-13 a call); one call per datagram, as before batching, fails. The margin is for
     // faster wake-ups elsewhere.
     ensure!(tx_calls * 3 <= tx_datagrams * 2, "host 1 used {tx_calls} send calls for {tx_datagrams} datagrams");
     ensure!(rx_calls * 3 <= rx_datagrams * 2, "host 2 used {rx_calls} receive calls for {rx_datagrams} datagrams");
