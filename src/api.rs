@@ -309,6 +309,8 @@ fn underlay_json(u: &crate::io::underlay::UnderlayStats) -> Value {
         "neighbour_misses": u.neighbour_misses, "tx_ring_full": u.tx_ring_full,
         "tx_oversize": u.tx_oversize, "kernel_rx": u.kernel_rx,
         "xsk_rx_ring_full": u.xsk_rx_ring_full, "xsk_rx_dropped": u.xsk_rx_dropped, "xsk_fill_empty": u.xsk_fill_empty,
+        "tx_syscalls": u.tx_syscalls, "tx_datagrams": u.tx_datagrams, "rx_syscalls": u.rx_syscalls,
+        "rx_datagrams": u.rx_datagrams, "batching_fallbacks": u.batching_fallbacks,
     })
 }
 

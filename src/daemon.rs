@@ -261,7 +261,8 @@ fn open_underlay(config: &Config, netlink: &Netlink, link: &Link, udp: Underlay)
             info!(link = %link.name, "underlay: af_xdp, {}", xdp.describe());
             Box::new(xdp)
         }
-        Err((e, udp)) => {
+        Err(failed) => {
+            let (e, udp) = *failed;
             warn!(link = %link.name, "underlay_mode af_xdp is unavailable, falling back to the udp underlay: {e}");
             batched(udp)
         }

@@ -2,10 +2,10 @@
 //!
 //! The loop is thin on purpose. It polls the TAPs and the receive socket, reads what is ready in bounded batches,
 //! asks the sans-IO [`Forwarder`] what to do with each frame, writes the VXLAN header in place into the buffer's
-//! headroom, and sends. Nothing is allocated per packet: one buffer is reused for every frame. Control-plane updates
-//! and API queries arrive on a channel (with an eventfd to wake the poll) and are handled between batches, so the
-//! forwarding state and its counters are never shared across threads. Endpoints discovered on the TAPs go the
-//! other way, to the control plane.
+//! headroom, and sends. Nothing is allocated per packet: the buffers are the worker's, allocated once.
+//! Control-plane updates and API queries arrive on a channel (with an eventfd to wake the poll) and are handled
+//! between batches, so the forwarding state and its counters are never shared across threads. Endpoints discovered
+//! on the TAPs go the other way, to the control plane.
 //!
 //! Copies: a plaintext TSO superframe is not cut into a copy. Each segment's headers (VXLAN and the rewritten inner
 //! headers) go into a header arena and the datagrams leave gathered from those blocks and the payload in place in
@@ -13,6 +13,17 @@
 //! copy: the seal works in place on contiguous plaintext. On receive, segments stay where they landed in the worker's
 //! receive buffer and the coalesced superframe goes to the TAP with one `writev` of its header block and the payload
 //! ranges ([`GatherCoalescer`]); the buffer takes several receives, and the coalescer is flushed before it wraps.
+//!
+//! Small frames (anything but a superframe: pings, 64-byte UDP, TCP ACKs) are read one after another into a transmit
+//! arena, each encapsulated (and sealed) in place in its own slot, and sent together when the TAP batch ends, or
+//! earlier when the arena or the queue of [`TX_PENDING`] datagrams fills: [`UnderlayIo::send_batch`] sends each send
+//! socket's share with one `sendmmsg`, a run of equal datagrams to one VTEP as one UDP GSO message of it. Nothing
+//! waits for more frames: the batch ends when the TAP has nothing more, so a lone ping leaves at once. A superframe
+//! first sends what waits (a flow keeps its order), then goes out alone. On receive, one `recvmmsg`
+//! ([`UnderlayIo::recv_batch`]) fills up to [`RECV_SLOTS`] slots of 64 KiB in the receive buffer; each next call's
+//! slots start after the last message received, so the coalescer's ranges stay valid until it is flushed. Memory per
+//! worker: the transmit arena is [`TX_ARENA`] bytes (~192 KiB, in place of one 64 KiB frame buffer) and the receive
+//! buffer [`RX_BUFFER`] (~512 KiB, was 4 slots, ~256 KiB).
 //!
 //! Per-peer traffic is counted in a fixed slot table ([`PeerCounters`]), one lookup per send or receive batch, whose
 //! slots are freed when a network's members change and a VTEP is no longer known to the forwarder; and frames are
@@ -40,7 +51,7 @@ use weft_crypto::esp;
 use super::capture::{CaptureSink, Captures};
 use super::peers::{PeerCounters, PeerTraffic};
 use super::tap::{Tap, VNET_HDR_LEN};
-use super::underlay::{UnderlayIo, UnderlayStats, GATHER_MAX};
+use super::underlay::{Datagram, Received, UnderlayIo, UnderlayStats, GATHER_MAX};
 use super::waker::Waker;
 use crate::clock;
 
@@ -50,8 +61,22 @@ const BUFFER: usize = 65_536;
 const BATCH: usize = 64;
 /// Where received datagrams land in the buffer: after room for a virtio-net header.
 const RX_OFFSET: usize = 16;
-/// The receive buffer: room for several receives of up to 64 KiB whose payloads a superframe may still gather.
-const RX_BUFFER: usize = 4 * (RX_OFFSET + BUFFER);
+/// One receive slot: a message of up to 64 KiB (one datagram, or a GRO batch) after room for a virtio-net header.
+const RX_SLOT: usize = RX_OFFSET + BUFFER;
+/// Slots one `recvmmsg` fills at most. Each must take 64 KiB (a GRO batch), so slots cost memory; a drain reads
+/// [`BATCH`] messages at most, so 8 per call makes a full drain 8 calls.
+const RECV_SLOTS: usize = 8;
+/// The receive buffer: room for several receives of up to 64 KiB whose payloads a superframe may still gather, and
+/// for one `recvmmsg` into [`RECV_SLOTS`] slots.
+const RX_BUFFER: usize = RECV_SLOTS * RX_SLOT;
+/// Room a small frame takes in the transmit arena, typically: its slot is as long as the frame and its headroom and
+/// tailroom, so this only sizes the arena to hold a whole batch of 1500-byte frames.
+const TX_SLOT: usize = 2048;
+/// The transmit arena: a batch of small frames, each encapsulated in its own slot, and room for one more frame of
+/// any size (or a superframe) read after them.
+const TX_ARENA: usize = BATCH * TX_SLOT + HEADROOM + BUFFER + TAILROOM;
+/// Datagrams waiting for the end of a TAP batch; more are sent at once (a flood to many VTEPs).
+const TX_PENDING: usize = 256;
 /// Most segments one superframe may be cut into (a 64 KB TSO frame at a small MSS).
 const MAX_SEGMENTS: usize = 512;
 /// Room per segment in the header arena: VXLAN, Ethernet with a VLAN tag, IPv4 or IPv6 and TCP with options.
@@ -255,8 +280,13 @@ pub struct Datapath {
     events: Option<tokio::sync::mpsc::Sender<DatapathEvent>>,
     /// The destinations of the frame being sent, copied out of the forwarder (reused, so no allocation).
     targets: Vec<IpAddr>,
-    /// A second buffer: each copy of a frame flooded on an encrypted network is sealed separately.
+    /// A second buffer: a copy of a frame flooded on an encrypted network that no longer fits in the arena.
     scratch: Vec<u8>,
+    /// The transmit arena: TAP frames are read into it one after another, and small ones encapsulated in place (a
+    /// flood on an encrypted network seals each copy in a slot of its own), to be sent together.
+    tx: Vec<u8>,
+    /// The datagrams in `tx` waiting to be sent at the end of the TAP batch.
+    pending: Vec<Datagram>,
     /// Where superframes are cut into segments and encapsulated, back to back.
     seg: Vec<u8>,
     lens: Vec<usize>,
@@ -307,6 +337,8 @@ impl Datapath {
             events,
             targets: Vec::with_capacity(64),
             scratch: vec![0u8; HEADROOM + BUFFER + TAILROOM],
+            tx: vec![0u8; TX_ARENA],
+            pending: Vec::with_capacity(TX_PENDING),
             // Each segment carries its own copy of the headers and the encapsulation, so cut frames take more
             // room than the superframe did.
             seg: vec![0u8; 4 * BUFFER],
@@ -330,7 +362,6 @@ impl Datapath {
 
     /// Runs until `stop` is set. Returns the TAPs so the caller decides when they close.
     pub fn run(mut self) -> io::Result<Vec<Tap>> {
-        let mut buf = vec![0u8; HEADROOM + BUFFER + TAILROOM];
         let mut fds: Vec<libc::pollfd> = self
             .taps
             .iter()
@@ -364,12 +395,12 @@ impl Datapath {
             let (underlay_fds, waker_fd) = rest.split_at(rest.len() - 1);
             for (network, fd) in tap_fds.iter().enumerate() {
                 if fd.revents != 0 {
-                    self.drain_tap(now, network, &mut buf);
+                    self.drain_tap(now, network);
                 }
             }
             for (source, fd) in underlay_fds.iter().enumerate() {
                 if fd.revents != 0 {
-                    self.drain_underlay(now, &mut buf, source);
+                    self.drain_underlay(now, source);
                 }
             }
             if waker_fd[0].revents != 0 {
@@ -392,17 +423,32 @@ impl Datapath {
         Ok(self.taps)
     }
 
-    fn drain_tap(&mut self, now: Instant, network: usize, buf: &mut [u8]) {
+    /// Reads up to [`BATCH`] frames from TAP `network` into the transmit arena, one after another. Small frames are
+    /// encapsulated in place and wait in `pending` until the end of the batch (or until the arena or `pending` is
+    /// full), then leave together ([`UnderlayIo::send_batch`]: `sendmmsg`, UDP GSO for runs of equal datagrams). A
+    /// superframe first sends what waits, so a flow keeps its order, and then goes at once. Nothing waits beyond
+    /// the batch: when the TAP has nothing more, everything read is sent.
+    fn drain_tap(&mut self, now: Instant, network: usize) {
+        let mut tx = std::mem::take(&mut self.tx);
         let vnet = self.taps[network].offloads().vnet_hdr;
         // With a virtio-net header, it lands in the headroom just in front of the frame.
         let read_at = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
+        // Where the next frame's slot starts: after the slots of the frames waiting to be sent.
+        let mut at = 0;
         for _ in 0..BATCH {
+            if self.pending.is_empty() {
+                at = 0;
+            } else if at + HEADROOM + BUFFER + TAILROOM > tx.len() {
+                self.flush_tx(&tx);
+                at = 0;
+            }
+            let buf = &mut tx[at..];
             let len = match self.taps[network].recv(&mut buf[read_at..HEADROOM + BUFFER]) {
                 Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.tap_errors += 1;
-                    return;
+                    break;
                 }
             };
             let frame = HEADROOM..read_at + len;
@@ -449,35 +495,100 @@ impl Datapath {
             if self.captures.is_active() {
                 self.captures.offer(network, true, &buf[frame.clone()]);
             }
+            let frame = at + frame.start..at + frame.end;
             match superframe {
-                Some(hdr) => self.send_superframe(network, flow, &hdr, &buf[frame]),
-                None => self.send_frame(network, flow, buf, frame),
+                Some(hdr) => {
+                    self.flush_tx(&tx);
+                    self.send_superframe(network, flow, &hdr, &tx[frame]);
+                }
+                None => at = self.queue_frame(network, flow, &mut tx, frame),
             }
         }
+        self.flush_tx(&tx);
+        self.tx = tx;
     }
 
-    /// Encapsulates one frame to every target. Sealing consumes the plaintext, so a flood on an encrypted network
-    /// seals a fresh copy per VTEP.
-    fn send_frame(&mut self, network: usize, flow: u32, buf: &mut [u8], frame: Range<usize>) {
+    /// Encapsulates the frame at `tx[frame]` for every target, in place, and queues the datagrams in `pending`.
+    /// Plaintext: one datagram, the same bytes for every VTEP. Encrypted: sealing consumes the plaintext, so a
+    /// flood seals a copy per VTEP, each in a slot of its own after the frame. Returns where the next slot may
+    /// start.
+    fn queue_frame(&mut self, network: usize, flow: u32, tx: &mut [u8], frame: Range<usize>) -> usize {
         let copy_each = self.forwarder.is_encrypted(network) && self.targets.len() > 1;
+        // Slots start 64-byte aligned, after the tailroom an ESP trailer may take.
+        let after = |end: usize| (end + TAILROOM).next_multiple_of(64);
+        if !copy_each {
+            let Some(&first) = self.targets.first() else { return frame.start - HEADROOM };
+            let Ok((datagram, port)) = self.forwarder.encapsulate(network, first, flow, tx, frame.clone()) else {
+                return frame.start - HEADROOM;
+            };
+            // Plaintext headers do not depend on the VTEP, and an encrypted frame here has one target.
+            for i in 0..self.targets.len() {
+                if self.pending.len() == TX_PENDING {
+                    self.flush_tx(tx);
+                }
+                let vtep = self.targets[i];
+                self.pending.push(Datagram {
+                    flow,
+                    vtep,
+                    esp: port == Port::Esp,
+                    bytes: datagram.clone(),
+                    sent: false,
+                });
+            }
+            return after(frame.end);
+        }
+        let (copies, len) = (after(frame.end), frame.len());
+        let mut next = copies;
         for i in 0..self.targets.len() {
             let vtep = self.targets[i];
-            let target: &mut [u8] = if copy_each {
-                self.scratch[frame.clone()].copy_from_slice(&buf[frame.clone()]);
-                &mut self.scratch
-            } else {
-                &mut *buf
-            };
-            let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, target, frame.clone()) else {
-                continue;
-            };
-            let segment = datagram.len();
-            if self.underlay.send_segments(flow, vtep, port == Port::Esp, &target[datagram], segment).is_err() {
-                self.underlay_errors += 1;
-            } else {
-                self.peers.sent(vtep, 1, segment as u64);
+            if next + HEADROOM + len + TAILROOM > tx.len() || self.pending.len() == TX_PENDING {
+                // Only the frame itself stays live in the arena once what waits is sent.
+                self.flush_tx(tx);
+                next = copies;
             }
+            if next + HEADROOM + len + TAILROOM > tx.len() {
+                // A frame too long for two slots in what is left of the arena: seal this copy apart, send it now.
+                let scratch_frame = HEADROOM..HEADROOM + len;
+                self.scratch[scratch_frame.clone()].copy_from_slice(&tx[frame.clone()]);
+                if let Ok((datagram, _)) =
+                    self.forwarder.encapsulate(network, vtep, flow, &mut self.scratch, scratch_frame)
+                {
+                    let segment = datagram.len();
+                    match self.underlay.send_segments(flow, vtep, true, &self.scratch[datagram], segment) {
+                        Ok(()) => self.peers.sent(vtep, 1, segment as u64),
+                        Err(_) => self.underlay_errors += 1,
+                    }
+                }
+                continue;
+            }
+            let copy = next + HEADROOM..next + HEADROOM + len;
+            tx.copy_within(frame.clone(), copy.start);
+            if let Ok((datagram, port)) = self.forwarder.encapsulate(network, vtep, flow, tx, copy.clone()) {
+                self.pending.push(Datagram { flow, vtep, esp: port == Port::Esp, bytes: datagram, sent: false });
+            }
+            next = after(copy.end);
         }
+        next
+    }
+
+    /// Sends every datagram in `pending` (their bytes in `tx`) with [`UnderlayIo::send_batch`], and counts them per
+    /// VTEP, one lookup per run of datagrams to one VTEP.
+    fn flush_tx(&mut self, tx: &[u8]) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.underlay_errors += self.underlay.send_batch(tx, &mut self.pending) as u64;
+        let mut rest = &self.pending[..];
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|d| d.vtep == first.vtep).count();
+            let sent = rest[..run].iter().filter(|d| d.sent);
+            let (packets, bytes) = sent.fold((0, 0), |(p, b), d| (p + 1, b + d.bytes.len() as u64));
+            if packets > 0 {
+                self.peers.sent(first.vtep, packets, bytes);
+            }
+            rest = &rest[run..];
+        }
+        self.pending.clear();
     }
 
     /// Cuts a TSO/USO superframe into wire frames laid out so their datagrams sit back to back at one stride, then
@@ -577,59 +688,78 @@ impl Datapath {
         }
     }
 
-    /// Receives from `source` into the worker's own receive buffer (`rx`), not `_buf`: segments the coalescer holds
-    /// stay where they were received until the superframe is written, so each receive lands after the previous one
+    /// Receives from `source` into the worker's own receive buffer (`rx`), up to [`RECV_SLOTS`] messages per call
+    /// ([`UnderlayIo::recv_batch`]: `recvmmsg`), each in a 64 KiB slot: segments the coalescer holds stay where they
+    /// were received until the superframe is written, so each call's slots start after the last message received,
     /// and the coalescer is flushed before the buffer wraps around.
-    fn drain_underlay(&mut self, now: Instant, _buf: &mut [u8], source: usize) {
+    fn drain_underlay(&mut self, now: Instant, source: usize) {
         let mut rx = std::mem::take(&mut self.rx);
-        let mut at = 0;
-        for _ in 0..BATCH {
-            if at + RX_OFFSET + BUFFER > rx.len() {
+        let mut got = [Received::EMPTY; RECV_SLOTS];
+        let (mut at, mut messages) = (0, 0);
+        while messages < BATCH {
+            if at + RX_SLOT > rx.len() {
                 self.flush_coalesced(&rx);
                 at = 0;
             }
-            // With UDP_GRO one receive returns several datagrams of one sender, back to back. They land after room
+            let slots = ((rx.len() - at) / RX_SLOT).min(RECV_SLOTS);
+            // With UDP_GRO one message holds several datagrams of one sender, back to back. Each lands after room
             // for a virtio-net header, so even the first frame can be written to the TAP in place.
-            let start = at + RX_OFFSET;
-            let (len, from, segment, esp_socket) = match self.underlay.recv(source, &mut rx[start..start + BUFFER]) {
-                Ok(r) => (r.len, r.from, r.segment, r.esp),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.underlay_errors += 1;
-                    break;
-                }
-            };
-            at = start + len;
-            let (mut accepted, mut accepted_bytes) = (0, 0);
-            for range in gro_datagrams(start, len, segment) {
-                let (start, end) = (range.start, range.end);
-                let datagram = &mut rx[range];
-                // A peer switches to a new SA only after this host queued its install: apply the queue before
-                // calling the SPI unknown.
-                if esp_socket && esp::spi_of(datagram).is_some_and(|spi| !self.forwarder.knows_inbound(spi)) {
-                    self.drain_queries(now);
-                }
-                let ingress = if esp_socket {
-                    self.forwarder.handle_esp(now, from.ip(), datagram)
-                } else {
-                    self.forwarder.handle_underlay(now, from.ip(), datagram)
-                };
-                if let Ok(ingress) = ingress {
-                    let frame = start + ingress.frame.start..start + ingress.frame.end;
-                    (accepted, accepted_bytes) = (accepted + 1, accepted_bytes + (end - start) as u64);
-                    if self.captures.is_active() {
-                        self.captures.offer(ingress.network, false, &rx[frame.clone()]);
+            let filled =
+                match self.underlay.recv_batch(source, &mut rx[at + RX_OFFSET..], RX_SLOT, BUFFER, &mut got[..slots]) {
+                    Ok(filled) => filled,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.underlay_errors += 1;
+                        break;
                     }
-                    self.deliver(ingress.network, &mut rx, frame, esp_socket);
-                }
+                };
+            if filled == 0 {
+                break;
             }
-            // One GRO batch comes from one sender: one lookup for all of it.
-            if accepted > 0 {
-                self.peers.received(from.ip(), accepted, accepted_bytes);
+            for (i, received) in got[..filled].iter().enumerate() {
+                self.handle_received(now, &mut rx, at + i * RX_SLOT + RX_OFFSET, received);
+            }
+            at += (filled - 1) * RX_SLOT + RX_OFFSET + got[filled - 1].len;
+            messages += filled;
+            if filled < slots {
+                // The socket had no more: asking again would only find it empty.
+                break;
             }
         }
         self.flush_coalesced(&rx);
         self.rx = rx;
+    }
+
+    /// Handles the datagrams of one received message at `rx[start..]`: opens or checks them and delivers their frames.
+    fn handle_received(&mut self, now: Instant, rx: &mut [u8], start: usize, received: &Received) {
+        let (len, from, segment, esp_socket) = (received.len, received.from, received.segment, received.esp);
+        let (mut accepted, mut accepted_bytes) = (0, 0);
+        for range in gro_datagrams(start, len, segment) {
+            let (start, end) = (range.start, range.end);
+            let datagram = &mut rx[range];
+            // A peer switches to a new SA only after this host queued its install: apply the queue before calling
+            // the SPI unknown.
+            if esp_socket && esp::spi_of(datagram).is_some_and(|spi| !self.forwarder.knows_inbound(spi)) {
+                self.drain_queries(now);
+            }
+            let ingress = if esp_socket {
+                self.forwarder.handle_esp(now, from.ip(), datagram)
+            } else {
+                self.forwarder.handle_underlay(now, from.ip(), datagram)
+            };
+            if let Ok(ingress) = ingress {
+                let frame = start + ingress.frame.start..start + ingress.frame.end;
+                (accepted, accepted_bytes) = (accepted + 1, accepted_bytes + (end - start) as u64);
+                if self.captures.is_active() {
+                    self.captures.offer(ingress.network, false, &rx[frame.clone()]);
+                }
+                self.deliver(ingress.network, rx, frame, esp_socket);
+            }
+        }
+        // One GRO batch comes from one sender: one lookup for all of it.
+        if accepted > 0 {
+            self.peers.received(from.ip(), accepted, accepted_bytes);
+        }
     }
 
     /// Writes a received frame (`rx[frame]`) to its TAP, coalescing consecutive TCP segments of a flow into one

@@ -3,6 +3,7 @@
 //! This is the only module with `unsafe` (the TAP ioctls, socket options, AF_XDP rings and libbpf, setns); each
 //! block says why it is sound.
 
+pub mod batch;
 pub mod capture;
 pub mod datapath;
 pub mod netlink;

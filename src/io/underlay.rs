@@ -5,7 +5,12 @@
 //!  worker ──poll──► UnderlayIo::poll_fds ─ready─► recv(source) ─► (datagram, sender, port) ─► Forwarder
 //!  worker ◄── Forwarder encapsulates ◄── send_segments(flow, vtep, esp, datagrams, segment) ──► wire
 //!  worker ◄── segment_gather (headers in an arena, payloads in place) ◄── send_gathered(.., [[headers, payload]]) ──► wire
+//!  worker ◄── small frames encapsulated into slots of an arena ◄── send_batch(arena, [Datagram]) ──► wire
+//!  worker ──► recv_batch(source, slots) ─► [(datagrams, sender, port)] ─► Forwarder
 //! ```
+//!
+//! The UDP underlay does `send_batch` with `sendmmsg` and UDP GSO and `recv_batch` with `recvmmsg`; AF_XDP takes the
+//! defaults (one `send_segments` per datagram, which queues it on the TX ring; one `recv` per slot).
 //!
 //! Both take and give UDP payloads (VXLAN or ESP-in-UDP datagrams); the AF_XDP underlay writes and strips the outer
 //! Ethernet/IP/UDP headers itself.
@@ -16,7 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use super::udp::{recv_segments, Underlay};
+pub use super::batch::Datagram;
+use super::udp::Underlay;
 
 /// Most datagrams one [`UnderlayIo::send_gathered`] call takes: the kernel's UDP GSO limit (UDP_MAX_SEGMENTS is 64 on
 /// older kernels), which also keeps the iovec array (two entries a datagram) far below UIO_MAXIOV (1024).
@@ -68,6 +74,26 @@ pub struct UnderlayStats {
     pub xsk_rx_dropped: u64,
     /// See `xsk_rx_ring_full`.
     pub xsk_fill_empty: u64,
+    /// Kernel UDP sockets: calls that sent (`sendto`, `sendmsg`, `sendmmsg`), failed ones included.
+    pub tx_syscalls: u64,
+    /// Kernel UDP sockets: datagrams those calls carried.
+    pub tx_datagrams: u64,
+    /// Kernel UDP sockets: calls that received (`recvmsg`, `recvmmsg`), those that found nothing included.
+    pub rx_syscalls: u64,
+    /// Kernel UDP sockets: datagrams those calls returned (a GRO batch counts as the datagrams it holds).
+    pub rx_datagrams: u64,
+    /// Times a batching feature (UDP GSO, `sendmmsg`, `recvmmsg`) was refused by the kernel and turned off.
+    pub batching_fallbacks: u64,
+}
+
+impl Received {
+    /// A placeholder for arrays of receives, before they are filled.
+    pub const EMPTY: Received = Received {
+        len: 0,
+        from: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+        segment: 1,
+        esp: false,
+    };
 }
 
 impl UnderlayStats {
@@ -84,6 +110,20 @@ impl UnderlayStats {
         self.xsk_rx_ring_full += other.xsk_rx_ring_full;
         self.xsk_rx_dropped += other.xsk_rx_dropped;
         self.xsk_fill_empty += other.xsk_fill_empty;
+        self.tx_syscalls += other.tx_syscalls;
+        self.tx_datagrams += other.tx_datagrams;
+        self.rx_syscalls += other.rx_syscalls;
+        self.rx_datagrams += other.rx_datagrams;
+        self.batching_fallbacks += other.batching_fallbacks;
+    }
+
+    /// Adds the kernel sockets' system call counters.
+    pub fn add_syscalls(&mut self, c: &super::udp::SyscallCounters) {
+        self.tx_syscalls += c.tx_syscalls;
+        self.tx_datagrams += c.tx_datagrams;
+        self.rx_syscalls += c.rx_syscalls;
+        self.rx_datagrams += c.rx_datagrams;
+        self.batching_fallbacks += c.batching_fallbacks;
     }
 }
 
@@ -113,6 +153,46 @@ pub trait UnderlayIo: Send + fmt::Debug {
         segment: usize,
     ) -> io::Result<()>;
 
+    /// Sends datagrams laid out anywhere in `data` (`data[d.bytes]`, each to `d.vtep` from the socket `d.flow`
+    /// picks), in as few calls as the underlay can, keeping each flow's order. Marks each one sent as `sent` and
+    /// returns how many sends failed. By default one [`Self::send_segments`] each.
+    fn send_batch(&mut self, data: &[u8], datagrams: &mut [Datagram]) -> usize {
+        let mut failed = 0;
+        for d in datagrams.iter_mut() {
+            let bytes = &data[d.bytes.clone()];
+            d.sent = self.send_segments(d.flow, d.vtep, d.esp, bytes, bytes.len()).is_ok();
+            failed += usize::from(!d.sent);
+        }
+        failed
+    }
+
+    /// Receives from `source` into up to `out.len()` slots, slot `i` being `buf[i * stride..][..len]`, each holding
+    /// what one [`Self::recv`] would; returns how many were filled (at least one), or `WouldBlock` when nothing
+    /// was there. By default one [`Self::recv`] per slot until there is nothing more.
+    ///
+    /// # Panics
+    /// If a slot lies outside `buf`.
+    fn recv_batch(
+        &mut self,
+        source: usize,
+        buf: &mut [u8],
+        stride: usize,
+        len: usize,
+        out: &mut [Received],
+    ) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < out.len() {
+            match self.recv(source, &mut buf[filled * stride..filled * stride + len]) {
+                Ok(received) => out[filled] = received,
+                // An error after some receives shows again on the next call.
+                Err(_) if filled > 0 => break,
+                Err(e) => return Err(e),
+            }
+            filled += 1;
+        }
+        Ok(filled)
+    }
+
     /// Called about once a second with the time.
     fn handle_timeout(&mut self, _now: Instant) {}
 
@@ -126,10 +206,25 @@ impl UnderlayIo for Underlay {
     }
 
     fn recv(&mut self, source: usize, buf: &mut [u8]) -> io::Result<Received> {
-        let esp = source == 1;
-        let socket = if esp { &self.esp } else { &self.vxlan };
-        let (len, from, segment) = recv_segments(socket, buf)?;
-        Ok(Received { len, from, segment, esp })
+        let mut out = [Received::EMPTY];
+        let len = buf.len();
+        Underlay::recv_batch(self, source == 1, buf, len, len, &mut out)?;
+        Ok(out[0])
+    }
+
+    fn recv_batch(
+        &mut self,
+        source: usize,
+        buf: &mut [u8],
+        stride: usize,
+        len: usize,
+        out: &mut [Received],
+    ) -> io::Result<usize> {
+        Underlay::recv_batch(self, source == 1, buf, stride, len, out)
+    }
+
+    fn send_batch(&mut self, data: &[u8], datagrams: &mut [Datagram]) -> usize {
+        Underlay::send_batch(self, data, datagrams)
     }
 
     fn send_segments(
@@ -155,6 +250,8 @@ impl UnderlayIo for Underlay {
     }
 
     fn stats(&self) -> UnderlayStats {
-        UnderlayStats { mode: "udp", ..UnderlayStats::default() }
+        let mut stats = UnderlayStats { mode: "udp", ..UnderlayStats::default() };
+        stats.add_syscalls(&self.counters());
+        stats
     }
 }

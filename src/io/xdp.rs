@@ -286,7 +286,8 @@ pub struct XdpUnderlay {
 
 impl XdpUnderlay {
     /// Opens one AF_XDP socket per queue of `link` and attaches weft's XDP program to it. `kernel` stays as the
-    /// receiver of what the program leaves to the kernel; on failure it is handed back for the UDP fallback.
+    /// receiver of what the program leaves to the kernel; on failure it is handed back for the UDP fallback
+    /// (boxed: an `Underlay` is large).
     pub fn open(
         kernel: Underlay,
         link: &XdpLink,
@@ -294,7 +295,7 @@ impl XdpUnderlay {
         vxlan_port: u16,
         esp_port: u16,
         netlink: rtnetlink::Handle,
-    ) -> Result<Self, (XdpError, Underlay)> {
+    ) -> Result<Self, Box<(XdpError, Underlay)>> {
         match Self::setup(&kernel, link, local, vxlan_port, esp_port) {
             Ok((queues, program, local_mac, stats)) => Ok(Self {
                 kernel,
@@ -307,7 +308,7 @@ impl XdpUnderlay {
                 neighbours: Neighbours::start(netlink, link.index),
                 stats,
             }),
-            Err(e) => Err((e, kernel)),
+            Err(e) => Err(Box::new((e, kernel))),
         }
     }
 
@@ -508,6 +509,7 @@ impl UnderlayIo for XdpUnderlay {
 
     fn stats(&self) -> UnderlayStats {
         let mut stats = self.stats.clone();
+        stats.add_syscalls(&self.kernel.counters());
         for queue in &self.queues {
             // A socket that cannot say (an old kernel) simply adds nothing.
             if let Ok(s) = queue.rx.fd().xdp_statistics() {

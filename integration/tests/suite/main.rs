@@ -6,6 +6,7 @@
 
 mod af_xdp;
 mod attach_edges;
+mod batched;
 mod churn;
 mod cni;
 mod daemon_lifecycle;
