@@ -58,6 +58,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -172,6 +177,22 @@ pub fn render(control: Option<&Mutex<ControlStatus>>, s: &Snapshot) -> anyhow::R
         "underlay_tx_drops",
         "Datagrams the AF_XDP underlay could not send, by reason (always zero on the UDP underlay)",
         underlay,
+    );
+
+    // How well the kernel UDP underlay batches: datagrams per system call, each direction.
+    let calls = Family::<DirectionLabels, Counter>::default();
+    let carried = Family::<DirectionLabels, Counter>::default();
+    for (direction, c, d) in [("tx", u.tx_syscalls, u.tx_datagrams), ("rx", u.rx_syscalls, u.rx_datagrams)] {
+        calls.get_or_create(&DirectionLabels { direction }).inc_by(c);
+        carried.get_or_create(&DirectionLabels { direction }).inc_by(d);
+    }
+    registry.register("underlay_syscalls", "Send and receive calls on the kernel UDP underlay's sockets", calls);
+    registry.register("underlay_syscall_datagrams", "Datagrams those underlay calls carried", carried);
+    counter(
+        &mut registry,
+        "underlay_batching_fallbacks",
+        "Times the kernel refused a batching feature (UDP GSO, sendmmsg, recvmmsg) and it was turned off",
+        u.batching_fallbacks,
     );
 
     let tx = Family::<KindLabels, Counter>::default();
@@ -292,7 +313,15 @@ mod tests {
             tap_errors: 2,
             underlay_errors: 0,
             offload_errors: 0,
-            underlay: UnderlayStats { tx_ring_full: 5, tx_oversize: 6, ..UnderlayStats::default() },
+            underlay: UnderlayStats {
+                tx_ring_full: 5,
+                tx_oversize: 6,
+                tx_syscalls: 7,
+                tx_datagrams: 70,
+                rx_syscalls: 8,
+                rx_datagrams: 80,
+                ..UnderlayStats::default()
+            },
             fdb: Vec::new(),
             local: Vec::new(),
             peers: vec![(
@@ -317,6 +346,9 @@ mod tests {
             "weft_underlay_tx_drops_total{reason=\"ring_full\"} 5",
             "weft_underlay_tx_drops_total{reason=\"oversize\"} 6",
             "weft_underlay_tx_drops_total{reason=\"neighbour_miss\"} 0",
+            "weft_underlay_syscalls_total{direction=\"tx\"} 7",
+            "weft_underlay_syscall_datagrams_total{direction=\"rx\"} 80",
+            "weft_underlay_batching_fallbacks_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
